@@ -1,0 +1,73 @@
+"""Semantic-segmentation metrics from one global confusion matrix (Paddle ops).
+
+Mirror of ``torch_ref/metrics/segmentation.py``. Rows = ground truth, columns =
+prediction; pixels whose label equals ``ignore_index`` are masked out.
+
+NaN policy for classes whose union (IoU) or denominators (F1) are zero
+(factseg.md §6.3):
+* ``'nan'``     -- per-class NaN, plain mean (NaN if any class is NaN; SimpleCV/FactSeg upstream);
+* ``'zero'``    -- per-class 0, counted in the mean (PaddleSeg);
+* ``'nanmean'`` -- per-class NaN, mean over the others (mmseg).
+"""
+import numpy as np
+import paddle
+
+NAN_POLICIES = ("nan", "zero", "nanmean")
+
+
+def confusion_matrix(pred, label, num_classes, ignore_index=255):
+    pred = paddle.to_tensor(pred).flatten().astype("int64")
+    label = paddle.to_tensor(label).flatten().astype("int64")
+    keep = label != ignore_index
+    pred, label = paddle.masked_select(pred, keep), paddle.masked_select(label, keep)
+    bad = (label < 0) | (label >= num_classes) | (pred < 0) | (pred >= num_classes)
+    if bool(bad.any()):
+        raise ValueError(f"labels/predictions outside [0, {num_classes}) that are not ignore_index={ignore_index}")
+    cm = paddle.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
+    return cm.reshape([num_classes, num_classes]).astype("int64")
+
+
+def _reduce(per_class, policy):
+    if policy == "nan":
+        return per_class.mean()
+    if policy == "zero":
+        return paddle.nan_to_num(per_class, nan=0.0).mean()
+    if policy == "nanmean":
+        return paddle.nanmean(per_class)
+    raise ValueError(f"unknown nan_policy {policy!r}; choose one of {NAN_POLICIES}")
+
+
+def metrics_from_cm(cm, nan_policy="nan"):
+    """Per-class IoU/F1/precision/recall and their means, in float64."""
+    cm = paddle.to_tensor(cm).astype("float64")
+    tp = paddle.diagonal(cm)
+    gt_area, pred_area = cm.sum(1), cm.sum(0)
+    union = gt_area + pred_area - tp
+    nan = paddle.full_like(tp, float("nan"))
+    iou = paddle.where(union > 0, tp / union, nan)
+    precision = paddle.where(pred_area > 0, tp / pred_area, nan)
+    recall = paddle.where(gt_area > 0, tp / gt_area, nan)
+    f1 = paddle.where(precision + recall > 0, 2 * precision * recall / (precision + recall), nan)
+    f1 = paddle.where(paddle.isnan(precision) | paddle.isnan(recall), nan, f1)
+    total = cm.sum()
+    return {
+        "iou": iou, "f1": f1, "precision": precision, "recall": recall,
+        "miou": _reduce(iou, nan_policy), "miou_fg": _reduce(iou[1:], nan_policy),
+        "mf1": _reduce(f1, nan_policy), "acc": tp.sum() / total if float(total) > 0 else nan[0],
+    }
+
+
+class SegMetric:
+    """Accumulates a confusion matrix over batches; ``compute()`` applies the NaN policy."""
+
+    def __init__(self, num_classes, ignore_index=255, nan_policy="nan"):
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"unknown nan_policy {nan_policy!r}; choose one of {NAN_POLICIES}")
+        self.num_classes, self.ignore_index, self.nan_policy = num_classes, ignore_index, nan_policy
+        self.cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred, label):
+        self.cm += confusion_matrix(pred, label, self.num_classes, self.ignore_index).numpy()
+
+    def compute(self):
+        return {k: np.asarray(v.numpy()) for k, v in metrics_from_cm(self.cm, self.nan_policy).items()}
