@@ -99,7 +99,7 @@ def torch_to_paddle(torch_sd, torch_model, paddle_model):
                     f"with other model options")
             report.dropped[k] = "rebuilt buffer"
             continue
-        if v.dtype.is_floating_point:
+        if v.dtype in (torch.bfloat16, torch.float16):      # bf16 has no numpy dtype; fp32 holds both exactly
             arr = v.detach().cpu().float().numpy()
         else:
             arr = v.detach().cpu().numpy()

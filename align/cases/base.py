@@ -1,0 +1,63 @@
+"""Base class of a family's parity recipe (forward, metric, loss, backward)."""
+import numpy as np
+
+
+class ParityCase:
+    family = ""
+    default_models = ()
+
+    def __init__(self, model_name, size=None, full=False, seed=0, steps=10):
+        self.name, self.full, self.seed, self.steps = model_name, full, seed, steps
+        self.size = size
+
+    # -- helpers shared by all families ---------------------------------------------------------
+    def build_pair(self, dtype="float32", **overrides):
+        """Torch reference with seeded random init, and the Paddle port loaded through convert/."""
+        import paddle
+        import torch
+
+        from convert.api import build_pair, copy_torch_to_paddle
+        torch.manual_seed(self.seed)
+        prev = paddle.get_default_dtype()
+        paddle.set_default_dtype(dtype)
+        try:
+            tm, pm = build_pair(self.name, **overrides)
+        finally:
+            paddle.set_default_dtype(prev)
+        if dtype == "float64":
+            tm = tm.double()
+        copy_torch_to_paddle(tm, pm)
+        return tm, pm
+
+    @staticmethod
+    def trainable_params(tm, pm):
+        """All trainable parameters of both models as flat vectors, Paddle mapped back through convert/."""
+        from convert.rules import paddle_to_torch
+        psd = paddle_to_torch({k: v.numpy() for k, v in pm.state_dict().items()}, tm, pm)
+        names = [n for n, p in tm.named_parameters() if p.requires_grad]
+        t = np.concatenate([tm.get_parameter(n).detach().numpy().ravel() for n in names])
+        p = np.concatenate([psd[n].numpy().ravel() for n in names])
+        return t, p
+
+    @staticmethod
+    def to_torch(x):
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    @staticmethod
+    def to_paddle(x):
+        import paddle
+        return paddle.to_tensor(np.ascontiguousarray(x))
+
+    # -- stages: each adds keys to a StageLog ---------------------------------------------------------
+    def forward(self, log):
+        raise NotImplementedError
+
+    def metric(self, log):
+        raise NotImplementedError
+
+    def loss(self, log):
+        raise NotImplementedError
+
+    def backward(self, log):
+        raise NotImplementedError

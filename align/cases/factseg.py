@@ -1,0 +1,185 @@
+"""FactSeg parity recipe (factseg.md §11; tolerances from the FactSeg issue, fp32 CPU)."""
+import numpy as np
+
+from ..harness import Tol
+from .base import ParityCase
+
+PROB = Tol(atol=1e-5, mean_atol=1e-6, argmax_axis=1)     # eval CP probabilities
+LOGIT = Tol(atol=1e-5)                                   # train-mode logits
+FEAT = Tol(rtol=1e-5, rel_to_max=True)                   # features / eval logits (porting.md §7.4)
+FP64 = Tol(atol=1e-10)                                   # same math in float64
+LOSS = Tol(rtol=1e-6)
+GRAD = Tol(atol=1e-6)
+EXACT = Tol(exact=True)
+EXACT_NAN = Tol(exact=True, allow_nan=True)
+STEP_LOSS = Tol(rtol=1e-5)
+LR = Tol(atol=1e-12)
+PARAM = Tol(atol=1e-4)
+
+RECIPE = {  # configs/factseg/isaid.yaml, with the schedule compressed to the parity run's length
+    "optimizer": {"type": "Momentum", "lr": 0.007, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 35.0},
+    "lr_scheduler": {"type": "poly", "power": 0.9, "end_lr": 0.0},
+    "loss": {"type": "JointLoss", "ratio": 0.1, "ignore_index": 255},
+}
+
+
+class FactSegCase(ParityCase):
+    family = "factseg"
+    default_models = ("factseg",)
+    num_classes = 16
+
+    def __init__(self, model_name, size=None, **kw):
+        super().__init__(model_name, **kw)
+        self.size = size or (896 if self.full else 128)
+        rs = np.random.RandomState(self.seed)
+        self.x = rs.randn(2, 3, self.size, self.size).astype("float32")
+        y = rs.randint(0, self.num_classes, (2, self.size, self.size)).astype("int64")
+        y[:, self.size // 4: self.size // 4 + 8] = 255          # an ignore band
+        self.y = y
+
+    def forward(self, log):
+        import paddle
+        import torch
+        tm, pm = self.build_pair()
+        tm.eval(), pm.eval()
+        tx, px = self.to_torch(self.x), self.to_paddle(self.x)
+        with torch.no_grad():
+            tfeats = tm.resencoder(tx)
+            tfg, tbi = tm.forward_logits(tx)
+            tprob = tm(tx)
+        with paddle.no_grad():
+            pfeats = pm.resencoder(px)
+            pfg, pbi = pm.forward_logits(px)
+            pprob = pm(px)
+        for i, (a, b) in enumerate(zip(tfeats, pfeats)):
+            log.add(f"eval_c{i + 2}", a, b, FEAT)
+        log.add("eval_fg_logits", tfg, pfg, FEAT)
+        log.add("eval_bi_logits", tbi, pbi, FEAT)
+        log.add("eval_cp_prob", tprob, pprob, PROB)
+        tm.train(), pm.train()
+        with torch.no_grad():
+            tfg, tbi = tm(tx)
+        with paddle.no_grad():
+            pfg, pbi = pm(px)
+        log.add("train_fg_logits", tfg, pfg, LOGIT, known="D7")
+        log.add("train_bi_logits", tbi, pbi, LOGIT, known="D7")
+        # The same comparison in float64 shows the train-mode gap above is fp32 rounding, not the port.
+        tm64, pm64 = self.build_pair(dtype="float64")
+        tm64.train(), pm64.train()
+        with torch.no_grad():
+            tfg, tbi = tm64(tx.double())
+        with paddle.no_grad():
+            pfg, pbi = pm64(px.astype("float64"))
+        log.add("train_fg_logits_fp64", tfg, pfg, FP64, known="D8")
+        log.add("train_bi_logits_fp64", tbi, pbi, FP64, known="D8")
+
+    def metric(self, log):
+        from paddle_rs.metrics.segmentation import SegMetric as PMetric
+        from torch_ref.metrics.segmentation import SegMetric as TMetric
+        rs = np.random.RandomState(self.seed + 1)
+        # predictions that agree with the labels on ~half of the pixels, so IoUs are far from 0 and 1
+        pred = np.where(rs.rand(*self.y.shape) < 0.5, np.where(self.y == 255, 0, self.y),
+                        rs.randint(0, self.num_classes, self.y.shape))
+        for policy in ("nan", "zero", "nanmean"):
+            t, p = TMetric(self.num_classes, 255, policy), PMetric(self.num_classes, 255, policy)
+            t.update(pred, self.y), p.update(pred, self.y)
+            rt, rp = t.compute(), p.compute()
+            for k in ("iou", "miou", "miou_fg"):
+                log.add(f"{policy}_{k}", rt[k], rp[k], EXACT)
+        # a class absent from labels and predictions: per-class NaN, mean per policy
+        y2, pred2 = self.y.copy(), pred.copy()
+        y2[y2 == 7], pred2[pred2 == 7] = 0, 0
+        for policy in ("nan", "zero", "nanmean"):
+            t, p = TMetric(self.num_classes, 255, policy), PMetric(self.num_classes, 255, policy)
+            t.update(pred2, y2), p.update(pred2, y2)
+            rt, rp = t.compute(), p.compute()
+            log.add(f"absent_class_{policy}_iou", rt["iou"], rp["iou"], EXACT_NAN)
+            log.add(f"absent_class_{policy}_miou", rt["miou"], rp["miou"], EXACT_NAN if policy == "nan" else EXACT)
+        # the metric on each framework's own model predictions (eval forward)
+        import paddle
+        import torch
+        tm, pm = self.build_pair()
+        tm.eval(), pm.eval()
+        with torch.no_grad():
+            tpred = tm(self.to_torch(self.x)).argmax(1).numpy()
+        with paddle.no_grad():
+            ppred = pm(self.to_paddle(self.x)).argmax(1).numpy()
+        t, p = TMetric(self.num_classes, 255, "nan"), PMetric(self.num_classes, 255, "nan")
+        t.update(tpred, self.y), p.update(ppred, self.y)
+        rt, rp = t.compute(), p.compute()
+        log.add("model_pred_iou", rt["iou"], rp["iou"], EXACT)
+        log.add("model_pred_miou", rt["miou"], rp["miou"], EXACT)
+
+    def loss(self, log):
+        import paddle
+        import torch
+
+        from paddle_rs.losses import build_loss as p_build
+        from torch_ref.losses import build_loss as t_build
+        tl, pl = t_build(RECIPE["loss"]), p_build(RECIPE["loss"])
+        rs = np.random.RandomState(self.seed + 2)
+        fg = (rs.randn(2, self.num_classes, self.size, self.size) * 3).astype("float32")
+        bi = (rs.randn(2, 1, self.size, self.size) * 3).astype("float32")
+        tfg, tbi = torch.tensor(fg, requires_grad=True), torch.tensor(bi, requires_grad=True)
+        pfg = paddle.to_tensor(fg, stop_gradient=False)
+        pbi = paddle.to_tensor(bi, stop_gradient=False)
+        lt, lp = tl((tfg, tbi), self.to_torch(self.y)), pl((pfg, pbi), self.to_paddle(self.y))
+        lt.backward(), lp.backward()
+        log.add("joint_loss_fixed_logits", lt, lp, LOSS)
+        log.add("grad_fg_logits", tfg.grad, pfg.grad, GRAD)
+        log.add("grad_bi_logits", tbi.grad, pbi.grad, GRAD)
+        # on the model output: both losses see the reference model's train-mode logits
+        tm, _ = self.build_pair()
+        tm.train()
+        with torch.no_grad():
+            ofg, obi = tm(self.to_torch(self.x))
+        lt = tl((ofg, obi), self.to_torch(self.y))
+        lp = pl((self.to_paddle(ofg.numpy()), self.to_paddle(obi.numpy())), self.to_paddle(self.y))
+        log.add("joint_loss_model_output", lt, lp, LOSS)
+
+    def backward(self, log):
+        import paddle
+        import torch
+
+        from paddle_rs.engine.optim import build_optimizer as p_opt
+        from paddle_rs.losses import build_loss as p_build
+        from torch_ref.engine.optim import build_optimizer as t_opt
+        from torch_ref.engine.optim import clip_gradients
+        from torch_ref.losses import build_loss as t_build
+        tm, pm = self.build_pair()
+        tm.train(), pm.train()
+        steps = self.steps
+        topt, tsched, max_norm = t_opt(tm, RECIPE["optimizer"], RECIPE["lr_scheduler"], steps)
+        popt, psched = p_opt(pm, RECIPE["optimizer"], RECIPE["lr_scheduler"], steps)
+        tl, pl = t_build(RECIPE["loss"]), p_build(RECIPE["loss"])
+        tx, ty, px, py = self.to_torch(self.x), self.to_torch(self.y), self.to_paddle(self.x), self.to_paddle(self.y)
+        t_loss, p_loss, t_lr, p_lr, t_gn, p_gn = [], [], [], [], [], []
+        for _ in range(steps):
+            t_lr.append(topt.param_groups[0]["lr"])
+            p_lr.append(popt.get_lr())
+            loss = tl(tm(tx), ty)
+            topt.zero_grad()
+            loss.backward()
+            t_gn.append(clip_gradients(tm, max_norm))
+            topt.step()
+            tsched.step()
+            t_loss.append(loss.item())
+
+            loss = pl(pm(px), py)
+            loss.backward()
+            grads = [p.grad for p in pm.parameters() if p.grad is not None]
+            p_gn.append(float(paddle.sqrt(sum((g.astype("float64") ** 2).sum() for g in grads))))
+            popt.step()
+            popt.clear_grad()
+            psched.step()
+            p_loss.append(float(loss))
+        log.add("loss_per_step", np.array(t_loss), np.array(p_loss), STEP_LOSS)
+        log.add("lr_per_step", np.array(t_lr), np.array(p_lr), LR)
+        log.add("grad_norm_before_clip", np.array(t_gn), np.array(p_gn), Tol(rtol=1e-4))
+        n_clipped = int((np.array(t_gn) > max_norm).sum())
+        log.notes.append(f"gradient clipping (max norm {max_norm}) active in {n_clipped}/{steps} steps")
+        t_params, p_params = self.trainable_params(tm, pm)
+        log.add("params_after_steps", t_params, p_params, PARAM)
+
+
+CASE = FactSegCase

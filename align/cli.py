@@ -1,0 +1,59 @@
+"""Shared command line of align/01_forward.py ... 04_backward.py."""
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(HERE) not in sys.path:         # run as `python align/0x_*.py` from a checkout
+    sys.path.insert(0, os.path.dirname(HERE))
+
+
+def main(stage, description):
+    from align.cases import default_models, get_case
+    from align.harness import StageLog, print_summary
+
+    import paddle_rs
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default=None,
+                    help="model name, comma-separated names, or 'all' (default: each family's default models; "
+                         f"known: {', '.join(paddle_rs.list_models())})")
+    ap.add_argument("--out", default=os.path.join(HERE, "output"), help="output directory (default align/output)")
+    ap.add_argument("--size", type=int, default=None, help="input size override (family default when omitted)")
+    ap.add_argument("--full", action="store_true", help="full-size inputs (e.g. 896 for FactSeg); slow on CPU")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=10, help="training steps for 04_backward")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for both frameworks")
+    args = ap.parse_args()
+    if args.threads:
+        import paddle
+        import torch
+        torch.set_num_threads(args.threads)
+        paddle.set_num_threads(args.threads) if hasattr(paddle, "set_num_threads") else None
+    if args.model in (None, ""):
+        names = default_models()
+    elif args.model == "all":
+        names = paddle_rs.list_models()
+    else:
+        names = [n.strip() for n in args.model.split(",") if n.strip()]
+    results, errors = [], []
+    for name in names:
+        t0 = time.time()
+        print(f"[{stage}] {name} ...", flush=True)
+        try:
+            case = get_case(name, size=args.size, full=args.full, seed=args.seed, steps=args.steps)
+            log = StageLog(stage, name, args.out)
+            getattr(case, stage)(log)
+        except Exception as e:  # a broken model must not hide the others; it still fails the run
+            import traceback
+            traceback.print_exc()
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        results += log.save()
+        for n in log.notes:
+            print(f"  note: {n}")
+        print(f"[{stage}] {name} done in {time.time() - t0:.1f}s; logs in {log.dir}", flush=True)
+    ok = print_summary(results, title=f"{stage} parity (torch_ref vs paddle_rs)")
+    for e in errors:
+        print(f"ERROR {e}")
+    sys.exit(0 if ok and not errors and results else 1)

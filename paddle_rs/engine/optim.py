@@ -1,0 +1,114 @@
+"""Optimizers, LR schedules and gradient clipping from a config dict.
+
+Mirror of ``torch_ref/engine/optim.py``; the two build the same recipe so the
+backward-parity runs (align/04_backward.py) and tools/train.py share it.
+
+Config (``optimizer`` and ``lr_scheduler`` sections of configs/*.yaml)::
+
+    optimizer:    {type: Momentum | AdamW, lr, momentum, weight_decay, betas, eps,
+                   grad_clip: <max global L2 norm> | null,
+                   paramwise: {norm_decay_mult, bias_decay_mult, custom_keys: {substr: {decay_mult, lr_mult}}}}
+    lr_scheduler: {type: poly | cosine | constant, power, end_lr, warmup_iters, warmup_ratio}
+
+Notes (porting.md §4): coupled L2 for Momentum (torch SGD weight_decay),
+``ClipGradByGlobalNorm`` (torch ``clip_grad_norm_``), ``PolynomialDecay`` with
+``end_lr`` passed explicitly, mmcv-style linear warm-up that scales the decayed LR.
+BatchNorm statistics (``stop_gradient`` parameters in Paddle) are excluded.
+"""
+import math
+
+import paddle
+
+
+def build_scheduler(cfg, base_lr, total_iters):
+    kind = cfg.get("type", "poly")
+    warm = int(cfg.get("warmup_iters", 0))
+    end_lr = float(cfg.get("end_lr", 0.0))
+    if kind == "poly" and not warm:
+        return paddle.optimizer.lr.PolynomialDecay(base_lr, decay_steps=total_iters, power=cfg.get("power", 0.9),
+                                                   end_lr=end_lr)
+    if kind == "cosine" and not warm:
+        return paddle.optimizer.lr.CosineAnnealingDecay(base_lr, T_max=total_iters, eta_min=end_lr)
+    if kind == "constant" and not warm:
+        return paddle.optimizer.lr.LambdaDecay(base_lr, lambda t: 1.0)
+    return paddle.optimizer.lr.LambdaDecay(base_lr, lambda t: schedule_factor(cfg, base_lr, t, total_iters))
+
+
+def schedule_factor(cfg, base_lr, t, total_iters):
+    """Explicit formula (used with warm-up): mmcv warm-up scales the decayed LR (porting.md §4)."""
+    kind = cfg.get("type", "poly")
+    end_lr = float(cfg.get("end_lr", 0.0))
+    tt = min(t, total_iters)
+    if kind == "poly":
+        lr = (base_lr - end_lr) * (1 - tt / total_iters) ** cfg.get("power", 0.9) + end_lr
+    elif kind == "cosine":
+        lr = end_lr + (base_lr - end_lr) * 0.5 * (1 + math.cos(math.pi * tt / total_iters))
+    else:
+        lr = base_lr
+    warm = int(cfg.get("warmup_iters", 0))
+    if warm and t < warm:
+        ratio = float(cfg.get("warmup_ratio", 1e-6))
+        lr = lr * (1 - (1 - t / warm) * (1 - ratio))
+    return lr / base_lr
+
+
+def param_groups(model, cfg):
+    """Parameter groups with mmcv-style paramwise multipliers; returns (groups, names_per_group)."""
+    pw = cfg.get("paramwise") or {}
+    wd = float(cfg.get("weight_decay", 0.0))
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.stop_gradient:          # BN running statistics and frozen weights
+            continue
+        decay_mult, lr_mult = 1.0, 1.0
+        for key, mults in (pw.get("custom_keys") or {}).items():
+            if key in name:
+                decay_mult = mults.get("decay_mult", decay_mult)
+                lr_mult = mults.get("lr_mult", lr_mult)
+                break
+        else:
+            if name.endswith(".bias") and "bias_decay_mult" in pw:
+                decay_mult = pw["bias_decay_mult"]
+            if _is_norm_param(model, name) and "norm_decay_mult" in pw:
+                decay_mult = pw["norm_decay_mult"]
+        groups.setdefault((decay_mult, lr_mult), []).append((name, p))
+    out = []
+    for (decay_mult, lr_mult), items in groups.items():
+        out.append({"params": [p for _, p in items], "weight_decay": wd * decay_mult,
+                    "learning_rate": lr_mult, "names": [n for n, _ in items]})
+    return out
+
+
+def _is_norm_param(model, name):
+    import paddle.nn as nn
+    owner = name.rsplit(".", 1)[0]
+    layer = dict(model.named_sublayers()).get(owner)
+    return isinstance(layer, (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm,
+                              nn.LayerNorm, nn.GroupNorm))
+
+
+def build_optimizer(model, opt_cfg, sched_cfg, total_iters):
+    """Returns ``(optimizer, scheduler)``; call ``scheduler.step()`` after each ``optimizer.step()``."""
+    base_lr = float(opt_cfg["lr"])
+    sched = build_scheduler(sched_cfg or {}, base_lr, total_iters)
+    clip = opt_cfg.get("grad_clip")
+    grad_clip = paddle.nn.ClipGradByGlobalNorm(float(clip)) if clip else None
+    groups = param_groups(model, opt_cfg)
+    params = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    kind = opt_cfg.get("type", "Momentum")
+    if kind in ("Momentum", "SGD"):
+        opt = paddle.optimizer.Momentum(learning_rate=sched, momentum=float(opt_cfg.get("momentum", 0.9)),
+                                        parameters=params, weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+                                        use_nesterov=bool(opt_cfg.get("nesterov", False)), grad_clip=grad_clip)
+    elif kind == "AdamW":
+        betas = opt_cfg.get("betas", (0.9, 0.999))
+        opt = paddle.optimizer.AdamW(learning_rate=sched, beta1=float(betas[0]), beta2=float(betas[1]),
+                                     epsilon=float(opt_cfg.get("eps", 1e-8)), parameters=params,
+                                     weight_decay=float(opt_cfg.get("weight_decay", 0.01)), grad_clip=grad_clip)
+    else:
+        raise ValueError(f"unknown optimizer type {kind!r} (Momentum | AdamW)")
+    return opt, sched
+
+
+def current_lr(opt):
+    return float(opt.get_lr())
