@@ -1,0 +1,395 @@
+"""Static export for Paddle Inference (porting.md §5.1 recipe, tipc.md §5.4 / §6 / §7.1).
+
+Layout written by :func:`export`::
+
+    save_dir/model.json        PIR program (legacy programs: model.pdmodel + model.pdiparams.info)
+    save_dir/model.pdiparams
+    save_dir/model.yml         status: Infer, fixed_input_shape, Transforms for the predictor
+    save_dir/pipeline.yml
+
+Exported graph (:class:`InferNet`), outputs in ``get_output_names()`` order:
+
+- segmenters: ``[label_map int32 [N,H,W], score_map float32 [N,H,W,C]]``;
+- classifiers (task ``'cls'``): ``[label int64 [N], scores float32 [N,K]]`` (label first, like segmenters).
+
+``score_map`` / ``scores`` are probabilities: softmax is applied iff the network emits logits, which is read
+from the model class attribute ``outputs_probabilities`` (True for FactSeg, whose eval output is the CP
+probability map; factseg.md §10 #3), never from the model name.
+"""
+import copy
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .model_yml import MODEL_TYPES, make_pipeline_yml, read_model_yml, write_model_yml, write_yaml
+
+__all__ = [
+    "InferNet", "export", "parse_input_shape", "build_export_transforms", "make_export_model_yml",
+    "load_weights_strict", "StrictLoadError", "build_from_model_dir", "resolve_registry_name",
+    "IMAGENET_MEAN", "IMAGENET_STD",
+]
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+_PAD_OPS = ("PadToMultiple", "FixedPad", "Padding")
+_GEOMETRIC_RESIZE_OPS = ("Resize", "ResizeEdge", "ResizeByShort", "ResizeByLong", "RandomResize")
+
+
+# --------------------------------------------------------------------------------------------------------
+# export graph
+# --------------------------------------------------------------------------------------------------------
+def _pir_enabled() -> bool:
+    try:
+        from paddle.base.framework import use_pir_api
+        return bool(use_pir_api())
+    except ImportError:  # pragma: no cover
+        return True
+
+
+class InferNet(nn.Layer):
+    """Wraps a network (eval mode) into the deployment outputs of tipc.md §7.1.
+
+    ``outputs_probabilities``: None reads the network class attribute of that name (default False, i.e. the
+    network emits logits and one softmax over axis 1 is applied).
+    """
+
+    def __init__(self, net: nn.Layer, task: str = "seg", outputs_probabilities: Optional[bool] = None):
+        super().__init__()
+        if task not in ("seg", "cls"):
+            raise ValueError(f"InferNet supports task 'seg' or 'cls', got {task!r}")
+        self.net = net
+        self.task = task
+        if outputs_probabilities is None:
+            outputs_probabilities = bool(getattr(type(net), "outputs_probabilities",
+                                                 getattr(net, "outputs_probabilities", False)))
+        self.outputs_probabilities = bool(outputs_probabilities)
+        self._legacy = not _pir_enabled()      # legacy (FLAGS_enable_pir_api=0) static graph
+
+    def _argmax(self, prob):
+        if self._legacy:                       # paddle.argmax has no legacy-static path in 3.3.1
+            return paddle.topk(prob, k=1, axis=1)[1].squeeze(1)
+        return paddle.argmax(prob, axis=1)
+
+    def forward(self, image):
+        out = self.net(image)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if not self.outputs_probabilities:
+            out = F.softmax(out, axis=1)
+        prob = out.astype("float32")
+        if self.task == "seg":
+            label_map = self._argmax(prob).astype("int32")
+            score_map = paddle.transpose(prob, [0, 2, 3, 1])
+            return label_map, score_map
+        label = self._argmax(prob).astype("int64")
+        return label, prob
+
+
+# --------------------------------------------------------------------------------------------------------
+# shapes and transforms
+# --------------------------------------------------------------------------------------------------------
+def parse_input_shape(shape, in_channels: int = 3) -> Optional[List[int]]:
+    """``None`` / ``'null'`` / ``[h, w]`` / ``[n, c, h, w]`` (list, tuple or text like ``[-1,3,128,128]``)
+    -> ``None`` (dynamic) or ``[n, c, h, w]`` with ``n = -1`` for a dynamic batch.
+    """
+    if shape is None:
+        return None
+    if isinstance(shape, str):
+        s = shape.strip().strip("[]()").strip()
+        if s.lower() in ("", "none", "null"):
+            return None
+        shape = [int(float(t)) for t in s.replace(" ", "").split(",") if t != ""]
+    shape = [int(v) if v is not None else -1 for v in shape]
+    if len(shape) == 2:
+        shape = [-1, int(in_channels)] + shape
+    if len(shape) != 4:
+        raise ValueError(f"input shape must be [h, w] or [n, c, h, w], got {shape}")
+    n, c, h, w = shape
+    if h <= 0 and w <= 0:
+        return None                          # dynamic spatial size (the batch is dynamic as well)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"fix both H and W or neither, got {shape}")
+    if c <= 0:
+        c = int(in_channels)
+    if c != int(in_channels):
+        raise ValueError(f"input shape has {c} channels but the model has in_channels={in_channels}")
+    return [n if n > 0 else -1, c, h, w]
+
+
+def default_transforms(task: str, in_channels: int = 3, mean=None, std=None, min_val=None, max_val=None,
+                       size_divisor: Optional[int] = None) -> List[Dict]:
+    c = int(in_channels)
+    if mean is None:
+        mean = IMAGENET_MEAN if c == 3 else [0.5] * c
+    if std is None:
+        std = IMAGENET_STD if c == 3 else [0.5] * c
+    ops = [{"Normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                          "min_val": [float(v) for v in (min_val if min_val is not None else [0.0] * c)],
+                          "max_val": [float(v) for v in (max_val if max_val is not None else [255.0] * c)]}}]
+    if task == "seg" and size_divisor:
+        ops.append({"PadToMultiple": {"divisor": int(size_divisor), "pad_value": 0.0}})
+    return ops
+
+
+def build_export_transforms(transforms: Sequence[Dict], fixed_shape: Optional[List[int]]) -> List[Dict]:
+    """tipc.md §5.4: with a fixed shape, ``Resize(target_size=[h, w])`` replaces the last resize op or is
+    inserted before Normalize, and padding ops are dropped (the graph takes exactly h x w). Without one the
+    transforms are kept as they are (``PadToMultiple`` included). A pipeline that already ends in
+    ``CenterCrop(crop_size=[h, w])`` (classifier test transforms) is kept unchanged."""
+    ops = [copy.deepcopy(dict(t)) for t in transforms]
+    if fixed_shape is None:
+        return ops
+    h, w = int(fixed_shape[-2]), int(fixed_shape[-1])
+    crops = [t["CenterCrop"] for t in ops if next(iter(t)) == "CenterCrop"]
+    if crops:
+        cs = (crops[-1] or {}).get("crop_size", 224)
+        cs = [cs, cs] if isinstance(cs, (int, float)) else list(cs)
+        if [int(cs[0]), int(cs[1])] == [h, w]:
+            return ops
+    ops = [t for t in ops if next(iter(t)) not in _PAD_OPS]
+    resize = {"Resize": {"target_size": [h, w]}}
+    idx = [i for i, t in enumerate(ops) if next(iter(t)) in _GEOMETRIC_RESIZE_OPS]
+    if idx:
+        ops[idx[-1]] = resize
+    else:
+        norm = [i for i, t in enumerate(ops) if next(iter(t)) == "Normalize"]
+        ops.insert(norm[0] if norm else len(ops), resize)
+    return ops
+
+
+# --------------------------------------------------------------------------------------------------------
+# registry helpers
+# --------------------------------------------------------------------------------------------------------
+def resolve_registry_name(info: Dict) -> str:
+    """Registry name for a ``model.yml`` dict: ``_Attributes.model_name`` / ``model_name`` if present, else
+    ``Model`` matched exactly, case-insensitively, ignoring ``_``/``-``, or against builder names."""
+    from paddle_rs.registry import get_entry, list_models
+
+    names = list_models()
+    attrs = info.get("_Attributes") or {}
+    for cand in (attrs.get("model_name"), info.get("model_name"), info.get("Model")):
+        if cand and cand in names:
+            return cand
+    model = str(info.get("Model", ""))
+    norm = lambda s: s.lower().replace("_", "").replace("-", "")  # noqa: E731
+    hits = [n for n in names if norm(n) == norm(model)]
+    if len(hits) == 1:
+        return hits[0]
+    hits = [n for n in names if norm(getattr(get_entry(n).builder, "__name__", "")) == norm(model)]
+    if len(hits) == 1:
+        return hits[0]
+    raise KeyError(f"model.yml names Model={model!r}, which matches no registered model "
+                   f"(known: {', '.join(names)}); add _Attributes.model_name")
+
+
+class StrictLoadError(KeyError):
+    """Missing, unexpected or mis-shaped keys when loading a state dict strictly."""
+
+    def __init__(self, source, missing, unexpected, mismatched):
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append("shape mismatches ({}): {}".format(
+                len(self.mismatched), ", ".join(f"{k} file {fs} vs model {ms}" for k, fs, ms in self.mismatched)))
+        self.message = f"strict load of {source} failed: " + "; ".join(parts)
+        super().__init__(self.message)
+
+    def __str__(self):
+        return self.message
+
+
+def load_weights_strict(model: nn.Layer, weights) -> nn.Layer:
+    """Load a ``.pdparams`` path or a state dict into ``model``; any missing, unexpected or mis-shaped key is
+    a :class:`StrictLoadError` naming them (nothing is loaded then)."""
+    source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
+    state = paddle.load(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) else weights
+    if not isinstance(state, dict):
+        raise TypeError(f"{source}: expected a state dict, got {type(state).__name__}")
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = []
+    for k in sorted(set(own) & set(state)):
+        fs = list(np.shape(state[k])) if not isinstance(state[k], paddle.Tensor) else list(state[k].shape)
+        ms = list(own[k].shape)
+        if fs != ms:
+            mismatched.append((k, fs, ms))
+    if missing or unexpected or mismatched:
+        raise StrictLoadError(source, missing, unexpected, mismatched)
+    model.set_state_dict(state)
+    return model
+
+
+def build_from_model_dir(model_dir, weights: Optional[str] = None):
+    """TIPC entry: ``model_dir/model.yml`` (+ ``model.pdparams``) -> (model in eval mode, model.yml dict)."""
+    from paddle_rs.registry import build_model
+
+    info = read_model_yml(model_dir)
+    name = resolve_registry_name(info)
+    model = build_model(name, **dict(info.get("_init_params") or {}))
+    weights = weights or os.path.join(os.fspath(model_dir), "model.pdparams")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"no weights at {weights}")
+    load_weights_strict(model, weights)
+    info.setdefault("_Attributes", {}).setdefault("model_name", name)
+    model.eval()
+    return model, info
+
+
+# --------------------------------------------------------------------------------------------------------
+# model.yml for an export
+# --------------------------------------------------------------------------------------------------------
+def _entry_for(name):
+    if not name:
+        return None
+    try:
+        from paddle_rs.registry import get_entry
+        return get_entry(name)
+    except KeyError:
+        return None
+
+
+def make_export_model_yml(model: nn.Layer, model_info: Optional[Dict], fixed_shape: Optional[List[int]],
+                          task: Optional[str] = None) -> Dict:
+    """The exported ``model.yml``. ``model_info`` is either a training ``model.yml`` dict (has ``Model`` /
+    ``Transforms`` / ``_Attributes``) or a flat dict with any of: ``model_name`` (registry name), ``task``,
+    ``labels``, ``mean``, ``std``, ``min_val``, ``max_val``, ``in_channels``, ``num_classes``,
+    ``transforms``, ``init_params``, ``size_divisor`` and extra attributes (``best_accuracy``...)."""
+    from paddle_rs import __version__
+
+    mi = copy.deepcopy(dict(model_info or {}))
+    if "Model" in mi or "_Attributes" in mi or "Transforms" in mi:     # a model.yml dict
+        info = mi
+        attrs = info.setdefault("_Attributes", {})
+        entry = _entry_for(attrs.get("model_name") or info.get("model_name"))
+        if entry is None:
+            try:
+                entry = _entry_for(resolve_registry_name(info))
+            except KeyError:
+                entry = None
+        if entry is not None:
+            attrs.setdefault("model_name", entry.name)
+        task = task or attrs.get("task") or (entry.task if entry else None) or \
+            {v: k for k, v in MODEL_TYPES.items()}.get(attrs.get("model_type"), "seg")
+        info.setdefault("Model", type(model).__name__)
+        info.setdefault("_init_params", {})
+        in_ch = int(attrs.get("in_channels") or info["_init_params"].get("in_channels") or 3)
+        transforms = info.get("Transforms") or default_transforms(
+            task, in_ch, size_divisor=getattr(model, "size_divisor", 32 if task == "seg" else None))
+    else:
+        entry = _entry_for(mi.pop("model_name", None) or mi.pop("name", None))
+        task = task or mi.pop("task", None) or (entry.task if entry else None) or getattr(model, "task", "seg")
+        init_params = dict(entry.defaults) if entry else {}
+        init_params.update(mi.pop("init_params", None) or mi.pop("_init_params", None) or {})
+        in_ch = int(mi.pop("in_channels", None) or init_params.get("in_channels") or 3)
+        num_classes = mi.pop("num_classes", None) or init_params.get("num_classes") or \
+            getattr(model, "num_classes", None)
+        size_divisor = mi.pop("size_divisor", getattr(model, "size_divisor", 32 if task == "seg" else None))
+        transforms = mi.pop("transforms", None) or default_transforms(
+            task, in_ch, mi.pop("mean", None), mi.pop("std", None), mi.pop("min_val", None),
+            mi.pop("max_val", None), size_divisor)
+        for k in ("mean", "std", "min_val", "max_val"):
+            mi.pop(k, None)
+        labels = mi.pop("labels", None)
+        attrs = {"in_channels": in_ch}
+        if num_classes is not None:
+            attrs["num_classes"] = int(num_classes)
+        if labels is not None:
+            attrs["labels"] = list(labels)
+        if entry is not None:
+            attrs["model_name"] = entry.name
+        top = {k: mi.pop(k) for k in ("completed_epochs",) if k in mi}
+        attrs.update(mi)                    # anything else: best_accuracy, eval_metrics, ...
+        info = {"Model": type(model).__name__, "_Attributes": attrs, "_init_params": init_params}
+        info.update(top)
+    attrs = info["_Attributes"]
+    attrs["model_type"] = MODEL_TYPES.get(task, task)
+    attrs.setdefault("in_channels", in_ch)
+    if attrs.get("num_classes") is None and getattr(model, "num_classes", None) is not None:
+        attrs["num_classes"] = int(model.num_classes)
+    if attrs.get("labels") is None and attrs.get("num_classes") is not None:
+        attrs["labels"] = [f"class_{i}" for i in range(int(attrs["num_classes"]))]
+    probs = bool(getattr(type(model), "outputs_probabilities", False))
+    attrs["score_kind"] = "probabilities"
+    attrs["net_outputs"] = "probabilities" if probs else "logits"
+    attrs["fixed_input_shape"] = list(fixed_shape) if fixed_shape is not None else None
+    info["Transforms"] = build_export_transforms(transforms, fixed_shape)
+    info["status"] = "Infer"
+    info["version"] = __version__
+    return info
+
+
+# --------------------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------------------
+_EXPORT_FILES = ("model.json", "model.pdmodel", "model.pdiparams", "model.pdiparams.info", "model.yml",
+                 "pipeline.yml")
+
+
+def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dict] = None,
+           task: Optional[str] = None) -> str:
+    """Export ``model`` for Paddle Inference into ``save_dir`` (porting.md §5.1 recipe).
+
+    ``input_shape``: None (``[None, C, -1, -1]``), ``[h, w]`` or ``[n, c, h, w]`` (``n = -1`` dynamic batch).
+    ``model_info``: see :func:`make_export_model_yml`. Files are written into a temporary sibling directory
+    and moved into place at the end, so a failed export leaves no half-written model behind.
+    Returns the absolute ``save_dir``.
+    """
+    save_dir = os.path.abspath(os.fspath(save_dir))
+    # in_channels may come from model_info; peek before shape parsing
+    mi = model_info or {}
+    in_ch = (mi.get("_Attributes") or {}).get("in_channels") or mi.get("in_channels") or \
+        (mi.get("_init_params") or mi.get("init_params") or {}).get("in_channels") or 3
+    fixed = parse_input_shape(input_shape, int(in_ch))
+    info = make_export_model_yml(model, model_info, fixed, task)
+    task = {v: k for k, v in MODEL_TYPES.items()}.get(info["_Attributes"]["model_type"], "seg")
+    c = int(info["_Attributes"]["in_channels"])
+    if fixed is None:
+        shape = [None, c, -1, -1]
+    else:
+        shape = [None if fixed[0] <= 0 else fixed[0], c, fixed[2], fixed[3]]
+
+    was_training = model.training
+    model.eval()
+    parent = os.path.dirname(save_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp_export_", dir=parent)
+    try:
+        net = InferNet(model, task=task)
+        spec = [paddle.static.InputSpec(shape, "float32", name="image")]
+        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, os.path.join(tmp, "model"))
+        write_model_yml(os.path.join(tmp, "model.yml"), info)
+        write_yaml(os.path.join(tmp, "pipeline.yml"),
+                   make_pipeline_yml(save_dir, info["_Attributes"]["model_type"]))
+        if not os.path.exists(save_dir):
+            os.rename(tmp, save_dir)
+        else:
+            if not os.path.isdir(save_dir):
+                raise NotADirectoryError(f"{save_dir} exists and is not a directory")
+            written = set(os.listdir(tmp))
+            for f in sorted(written):
+                os.replace(os.path.join(tmp, f), os.path.join(save_dir, f))
+            for f in _EXPORT_FILES:            # stale files of an earlier export in the other format
+                if f not in written and os.path.exists(os.path.join(save_dir, f)):
+                    os.remove(os.path.join(save_dir, f))
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if was_training:
+            model.train()
+    if not (os.path.exists(os.path.join(save_dir, "model.json")) or
+            os.path.exists(os.path.join(save_dir, "model.pdmodel"))):
+        warnings.warn(f"export wrote neither model.json nor model.pdmodel into {save_dir}")
+    return save_dir
