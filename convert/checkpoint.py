@@ -48,7 +48,10 @@ def _allowed_globals():
     allowed = dict(wou._get_allowed_globals())
     try:  # numpy arrays/scalars inside mmengine meta (reconstruction only, no code)
         import numpy as np
-        from numpy.core import multiarray as ma
+        try:
+            from numpy._core import multiarray as ma
+        except ImportError:  # numpy < 2
+            from numpy.core import multiarray as ma
         allowed.update({
             "numpy.core.multiarray._reconstruct": ma._reconstruct,
             "numpy._core.multiarray._reconstruct": ma._reconstruct,
@@ -108,7 +111,7 @@ def unwrap_state_dict(obj, source="checkpoint"):
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]
             break
-    if not isinstance(sd, dict) or not sd:
+    if not isinstance(sd, dict) or not sd or not any(torch.is_tensor(v) for v in sd.values()):
         raise CheckpointError(
             f"{source}: no state_dict found (expected a dict of tensors, or one under 'state_dict' or 'model'; "
             f"top-level keys: {sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__})")
