@@ -3,9 +3,6 @@
 The align scripts move torch weights to Paddle through exactly these functions,
 so every parity run also exercises the converter.
 """
-import os
-import tempfile
-
 import numpy as np
 
 from .checkpoint import CheckpointError, load_torch_checkpoint, unwrap_state_dict
@@ -30,21 +27,14 @@ def copy_torch_to_paddle(torch_model, paddle_model):
 def load_paddle_strict(paddle_model, state_dict, source="state_dict"):
     """``set_state_dict`` that fails on any missing, unexpected or mis-shaped key (Paddle only warns)."""
     import paddle
-    own = paddle_model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shaped = [f"{k}: file {list(np.shape(v))} vs model {list(own[k].shape)}" for k, v in state_dict.items()
-              if k in own and list(np.shape(v)) != list(own[k].shape)]
-    problems = [("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)]
-    if any(v for _, v in problems):
-        msg = "; ".join(f"{n} keys ({len(v)}): {', '.join(v[:20])}{' ...' if len(v) > 20 else ''}"
-                        for n, v in problems if v)
-        raise CheckpointError(f"{source} does not match the model: {msg}")
+
+    from paddle_rs.utils.io import StrictLoadError, load_weights_strict
     tensors = {k: (v if isinstance(v, paddle.Tensor) else paddle.to_tensor(np.asarray(v))) for k, v in
                state_dict.items()}
-    missing2, unexpected2 = paddle_model.set_state_dict(tensors)
-    if missing2 or unexpected2:
-        raise CheckpointError(f"{source}: Paddle reported missing {missing2} / unexpected {unexpected2}")
+    try:
+        load_weights_strict(paddle_model, tensors)
+    except StrictLoadError as e:
+        raise CheckpointError(f"{source} does not match the model: {e}") from e
 
 
 def convert_checkpoint(name, src, **overrides):
@@ -55,17 +45,9 @@ def convert_checkpoint(name, src, **overrides):
 
 
 def atomic_save(obj, dst, saver):
-    """Write via a temporary file in the destination folder, then rename: no half-written files."""
-    d = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(dst), dir=d)
-    os.close(fd)
-    try:
-        saver(obj, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``saver(obj, path)`` through a temporary file and a rename: no half-written files."""
+    from paddle_rs.utils.io import atomic_write_file
+    atomic_write_file(dst, lambda tmp: saver(obj, tmp))
 
 
 def save_paddle(sd, dst):

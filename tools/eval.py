@@ -55,7 +55,7 @@ def main(argv=None):
 
     import paddle
 
-    from paddle_rs.deploy.export import load_weights_strict
+    from paddle_rs.utils.io import load_weights_strict
     from paddle_rs.engine.checkpoint import atomic_write_json
     from paddle_rs.engine.trainer import TASKS, model_init_params, resolve_config
     from paddle_rs.registry import get_entry

@@ -28,6 +28,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..utils.io import StrictLoadError, load_weights_strict  # noqa: F401  (re-exported)
 from .model_yml import MODEL_TYPES, make_pipeline_yml, read_model_yml, write_model_yml, write_yaml
 
 __all__ = [
@@ -187,48 +188,6 @@ def resolve_registry_name(info: Dict) -> str:
         return hits[0]
     raise KeyError(f"model.yml names Model={model!r}, which matches no registered model "
                    f"(known: {', '.join(names)}); add _Attributes.model_name")
-
-
-class StrictLoadError(KeyError):
-    """Missing, unexpected or mis-shaped keys when loading a state dict strictly."""
-
-    def __init__(self, source, missing, unexpected, mismatched):
-        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-        parts = []
-        if self.missing:
-            parts.append(f"missing keys ({len(self.missing)}): {', '.join(self.missing)}")
-        if self.unexpected:
-            parts.append(f"unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
-        if self.mismatched:
-            parts.append("shape mismatches ({}): {}".format(
-                len(self.mismatched), ", ".join(f"{k} file {fs} vs model {ms}" for k, fs, ms in self.mismatched)))
-        self.message = f"strict load of {source} failed: " + "; ".join(parts)
-        super().__init__(self.message)
-
-    def __str__(self):
-        return self.message
-
-
-def load_weights_strict(model: nn.Layer, weights) -> nn.Layer:
-    """Load a ``.pdparams`` path or a state dict into ``model``; any missing, unexpected or mis-shaped key is
-    a :class:`StrictLoadError` naming them (nothing is loaded then)."""
-    source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
-    state = paddle.load(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) else weights
-    if not isinstance(state, dict):
-        raise TypeError(f"{source}: expected a state dict, got {type(state).__name__}")
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = []
-    for k in sorted(set(own) & set(state)):
-        fs = list(np.shape(state[k])) if not isinstance(state[k], paddle.Tensor) else list(state[k].shape)
-        ms = list(own[k].shape)
-        if fs != ms:
-            mismatched.append((k, fs, ms))
-    if missing or unexpected or mismatched:
-        raise StrictLoadError(source, missing, unexpected, mismatched)
-    model.set_state_dict(state)
-    return model
 
 
 def build_from_model_dir(model_dir, weights: Optional[str] = None):

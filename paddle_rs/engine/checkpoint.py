@@ -33,6 +33,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import paddle
 
+from ..utils.io import _umask, atomic_write_file  # noqa: F401  (re-exported)
+
 __all__ = ["save_checkpoint", "save_best_model", "load_checkpoint", "find_latest", "list_checkpoints",
            "atomic_write_dir", "atomic_write_file", "atomic_write_json", "optimizer_state_to_structured",
            "optimizer_state_from_structured", "capture_rng_state", "restore_rng_state", "json_safe",
@@ -51,32 +53,6 @@ class CheckpointError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------------
 # atomic writes
 # ----------------------------------------------------------------------------------------------------------
-_UMASK = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:                          # read once (os.umask is process-wide)
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-def atomic_write_file(path: str, writer: Callable[[str], None]) -> str:
-    """``writer(tmp_path)`` then ``os.replace(tmp_path, path)``; the temporary file is removed on failure."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + os.path.basename(path), dir=d)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())            # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def json_safe(obj):
@@ -297,7 +273,7 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
 
     Weights are loaded strictly (missing / unexpected / mis-shaped keys raise and name the keys).
     """
-    from ..deploy.export import load_weights_strict
+    from ..utils.io import load_weights_strict
 
     path = os.fspath(path)
     state_file = os.path.join(path, STATE_FILE)

@@ -528,7 +528,7 @@ class Trainer:
     def _load_pretrained(self):
         m = self.cfg["model"]
         if m.get("pretrained"):
-            from ..deploy.export import load_weights_strict
+            from ..utils.io import load_weights_strict
             load_weights_strict(self.net, m["pretrained"])
             self._print(f"[train] loaded {m['pretrained']} (strict)")
         bp = m.get("backbone_pretrained")
