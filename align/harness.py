@@ -126,11 +126,12 @@ def compare(key, ref, got, tol: Tol, known: Optional[str] = None, stage="", mode
     status = "PASS" if ok else "FAIL"
     if not ok and known is not None:
         kd = KNOWN[known]
-        if max_abs <= kd.bound:
+        bound = kd.bound_for(key)
+        if max_abs <= bound:
             status = f"KNOWN({known})"
-            note = (note + "; " if note else "") + f"{kd.title}; documented bound {kd.bound:.1e}"
+            note = (note + "; " if note else "") + f"{kd.title}; documented bound {bound:.1e}"
         else:
-            note = (note + "; " if note else "") + f"exceeds documented bound {kd.bound:.1e} of {known}"
+            note = (note + "; " if note else "") + f"exceeds documented bound {bound:.1e} of {known}"
     return Result(**base, max_abs=max_abs, max_rel=max_rel, mean_abs=mean_abs, status=status, note=note)
 
 
@@ -202,7 +203,8 @@ class StageLog:
             root.handlers = saved
 
 
-def print_summary(results: List[Result], title="", file=sys.stdout):
+def print_summary(results: List[Result], title="", file=None):
+    file = file or sys.stdout
     header = f"{'model':<18} {'stage':<9} {'key':<34} {'shape':<18} {'max_abs':>9} {'max_rel':>9} " \
              f"{'mean_abs':>9}  {'tolerance':<30} status"
     print(f"\n== {title} ==" if title else "", file=file)

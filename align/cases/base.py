@@ -49,6 +49,15 @@ class ParityCase:
         import paddle
         return paddle.to_tensor(np.ascontiguousarray(x))
 
+    # -- benchmark hooks (tools/benchmark.py) ---------------------------------------------------------
+    def bench_batch(self, batch):
+        """(inputs, labels) numpy arrays of the given batch size."""
+        raise NotImplementedError
+
+    def train_step_fns(self, tm, pm, x, y):
+        """Two callables doing one real training step (loss, backward, optimizer) in torch and Paddle."""
+        raise NotImplementedError
+
     # -- stages: each adds keys to a StageLog ---------------------------------------------------------
     def forward(self, log):
         raise NotImplementedError
