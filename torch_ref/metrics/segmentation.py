@@ -9,6 +9,7 @@ NaN policy for classes whose union (IoU) or denominators (F1) are zero
 * ``'zero'``    -- per-class 0, counted in the mean (PaddleSeg);
 * ``'nanmean'`` -- per-class NaN, mean over the others (mmseg).
 """
+import numpy as np
 import torch
 
 NAN_POLICIES = ("nan", "zero", "nanmean")
@@ -27,12 +28,14 @@ def confusion_matrix(pred, label, num_classes, ignore_index=255):
 
 
 def _reduce(per_class, policy):
+    """Mean over classes under the NaN policy, in numpy on both sides so the result is bit-identical."""
+    v = np.asarray(per_class, dtype=np.float64)
     if policy == "nan":
-        return per_class.mean()
+        return np.float64(v.mean())
     if policy == "zero":
-        return torch.nan_to_num(per_class, nan=0.0).mean()
+        return np.float64(np.nan_to_num(v, nan=0.0).mean())
     if policy == "nanmean":
-        return torch.nanmean(per_class)
+        return np.float64(np.nanmean(v)) if (~np.isnan(v)).any() else np.float64("nan")
     raise ValueError(f"unknown nan_policy {policy!r}; choose one of {NAN_POLICIES}")
 
 
@@ -51,8 +54,8 @@ def metrics_from_cm(cm, nan_policy="nan"):
     total = cm.sum()
     return {
         "iou": iou, "f1": f1, "precision": precision, "recall": recall,
-        "miou": _reduce(iou, nan_policy), "miou_fg": _reduce(iou[1:], nan_policy),
-        "mf1": _reduce(f1, nan_policy), "acc": tp.sum() / total if total > 0 else nan,
+        "miou": _reduce(iou.numpy(), nan_policy), "miou_fg": _reduce(iou[1:].numpy(), nan_policy),
+        "mf1": _reduce(f1.numpy(), nan_policy), "acc": tp.sum() / total if total > 0 else nan,
     }
 
 
@@ -69,4 +72,5 @@ class SegMetric:
         self.cm += confusion_matrix(pred, label, self.num_classes, self.ignore_index)
 
     def compute(self):
-        return {k: v.numpy() for k, v in metrics_from_cm(self.cm, self.nan_policy).items()}
+        return {k: np.asarray(v.numpy() if torch.is_tensor(v) else v)
+                for k, v in metrics_from_cm(self.cm, self.nan_policy).items()}

@@ -1,0 +1,103 @@
+"""Time the Paddle port against the torch reference in one run, on the same threads, and report ratios.
+
+    python tools/benchmark.py --model factseg [--batch 2] [--size 256] [--threads 2] [--repeat 5]
+
+Measures, with the same weights and inputs: torch eager forward (eval), Paddle dygraph
+forward (eval), one training step each (forward + the model's real loss + backward +
+optimizer step) and the Paddle Inference forward of the exported graph (oneDNN off,
+porting.md §5). Prints medians and the ratios paddle/torch (< 1 means Paddle is faster)
+and inference/dygraph; ``--json`` writes them to a file.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def timeit(fn, repeat, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, default=None, help="input size (family default when omitted)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no_train", action="store_true", help="skip the training-step timing")
+    ap.add_argument("--no_inference", action="store_true", help="skip the Paddle Inference timing")
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    import numpy as np
+    import paddle
+    import torch
+
+    from align.cases import get_case
+    torch.set_num_threads(args.threads)
+    case = get_case(args.model, size=args.size)
+    x, y = case.bench_batch(args.batch)
+    tm, pm = case.build_pair()
+    tx, px = case.to_torch(x), case.to_paddle(x)
+    res = {"model": args.model, "batch": args.batch, "input": list(x.shape), "threads": args.threads}
+
+    tm.eval(), pm.eval()
+
+    def t_fwd():
+        with torch.no_grad():
+            tm(tx)
+
+    def p_fwd():
+        with paddle.no_grad():
+            pm(px).numpy()
+
+    res["torch_forward_s"] = timeit(t_fwd, args.repeat)
+    res["paddle_forward_s"] = timeit(p_fwd, args.repeat)
+    if not args.no_train:
+        t_step, p_step = case.train_step_fns(tm, pm, x, y)
+        res["torch_train_step_s"] = timeit(t_step, args.repeat, warmup=1)
+        res["paddle_train_step_s"] = timeit(p_step, args.repeat, warmup=1)
+        tm.eval(), pm.eval()
+    if not args.no_inference:
+        from paddle_rs.deploy.export import export
+        from paddle_rs.deploy.predictor import Predictor
+        with tempfile.TemporaryDirectory() as d:
+            export(pm, os.path.join(d, "static"), input_shape=list(x.shape),
+                   model_info={"model_name": args.model})
+            pred = Predictor(os.path.join(d, "static"), cpu_threads=args.threads)
+            res["inference_forward_s"] = timeit(lambda: pred.run_batch(x), args.repeat)
+    res["ratio_forward_paddle_over_torch"] = res["paddle_forward_s"] / res["torch_forward_s"]
+    if "paddle_train_step_s" in res:
+        res["ratio_train_step_paddle_over_torch"] = res["paddle_train_step_s"] / res["torch_train_step_s"]
+    if "inference_forward_s" in res:
+        res["ratio_inference_over_dygraph"] = res["inference_forward_s"] / res["paddle_forward_s"]
+    print(f"\n{args.model}: input {res['input']}, {args.threads} threads, median of {args.repeat}")
+    for k, v in res.items():
+        if k.endswith("_s"):
+            print(f"  {k[:-2]:<28} {v * 1000:9.1f} ms")
+    for k, v in res.items():
+        if k.startswith("ratio_"):
+            print(f"  {k:<40} {v:6.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
