@@ -8,6 +8,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..models.factseg import cp_fuse
+from . import register_loss
 
 
 def som(loss, ratio):
@@ -35,6 +36,7 @@ def cp_log_prob(fg_logits, bi_logits, stable=False):
     return paddle.concat([log_bg, log_fg], axis=1) - log_z
 
 
+@register_loss("JointLoss")
 class JointLoss(nn.Layer):
     def __init__(self, ignore_index=255, sample="SOM", ratio=0.1, stable=False):
         super().__init__()

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.factseg import cp_fuse
+from . import register_loss
 
 
 def som(loss, ratio):
@@ -32,6 +33,7 @@ def cp_log_prob(fg_logits, bi_logits, stable=False):
     return torch.cat([log_bg, log_fg], dim=1) - log_z
 
 
+@register_loss("JointLoss")
 class JointLoss(nn.Module):
     def __init__(self, ignore_index=255, sample="SOM", ratio=0.1, stable=False):
         super().__init__()
