@@ -126,12 +126,13 @@ def compare(key, ref, got, tol: Tol, known: Optional[str] = None, stage="", mode
     status = "PASS" if ok else "FAIL"
     if not ok and known is not None:
         kd = KNOWN[known]
-        bound = kd.bound_for(key)
-        if max_abs <= bound:
+        bound, measure = kd.bound_for(key)
+        measured = max_abs if measure == "abs" else max_rel
+        if measured <= bound:
             status = f"KNOWN({known})"
-            note = (note + "; " if note else "") + f"{kd.title}; documented bound {bound:.1e}"
+            note = (note + "; " if note else "") + f"{kd.title}; documented bound {bound:.1e} {measure}"
         else:
-            note = (note + "; " if note else "") + f"exceeds documented bound {bound:.1e} of {known}"
+            note = (note + "; " if note else "") + f"exceeds documented bound {bound:.1e} {measure} of {known}"
     return Result(**base, max_abs=max_abs, max_rel=max_rel, mean_abs=mean_abs, status=status, note=note)
 
 

@@ -73,3 +73,11 @@ def test_stage_log_writes_reprod_files_and_summary(tmp_path, capsys):
 @pytest.mark.parametrize("tol,expect", [(Tol(exact=True), "exact"), (Tol(atol=1e-5), "atol 1e-05")])
 def test_tolerance_description(tol, expect):
     assert tol.describe().startswith(expect)
+
+
+def test_known_divergence_relative_bound_per_key():
+    bound, measure = KNOWN["D9"].bound_for("train_loss_per_step")
+    assert measure == "rel"
+    ref = np.array([3.0, 3.1])
+    assert compare("train_loss_per_step", ref, ref * (1 + bound / 2), Tol(rtol=1e-5), known="D9").ok
+    assert not compare("train_loss_per_step", ref, ref * (1 + bound * 2), Tol(rtol=1e-5), known="D9").ok

@@ -173,59 +173,6 @@ class FactSegCase(ParityCase):
         lp = pl((self.to_paddle(ofg.numpy()), self.to_paddle(obi.numpy())), self.to_paddle(self.y))
         log.add("joint_loss_model_output", lt, lp, LOSS)
 
-    def _train(self, tm, pm, bn_eval, torch_only=False):
-        """``steps`` iterations of the real recipe on one fixed batch; returns per-step records."""
-        import paddle
-        import torch
-
-        from paddle_rs.engine.optim import build_optimizer as p_opt
-        from paddle_rs.losses import build_loss as p_build
-        from torch_ref.engine.optim import build_optimizer as t_opt
-        from torch_ref.engine.optim import clip_gradients
-        from torch_ref.losses import build_loss as t_build
-
-        def set_mode(m):
-            m.train()
-            if bn_eval:            # BatchNorm on running statistics, everything else in train mode
-                for sub in (m.modules() if hasattr(m, "modules") else m.sublayers()):
-                    if "BatchNorm" in type(sub).__name__:
-                        sub.eval()
-        set_mode(tm)
-        dtype = next(tm.parameters()).dtype
-        topt, tsched, max_norm = t_opt(tm, RECIPE["optimizer"], RECIPE["lr_scheduler"], self.steps)
-        tl = t_build(RECIPE["loss"])
-        tx, ty = self.to_torch(self.x).to(dtype), self.to_torch(self.y)
-        rec = {"t_loss": [], "t_lr": [], "t_gn": [], "p_loss": [], "p_lr": [], "p_gn": [], "max_norm": max_norm}
-        if not torch_only:
-            set_mode(pm)
-            popt, psched = p_opt(pm, RECIPE["optimizer"], RECIPE["lr_scheduler"], self.steps)
-            pl = p_build(RECIPE["loss"])
-            px, py = self.to_paddle(self.x).astype(str(dtype).replace("torch.", "")), self.to_paddle(self.y)
-        for _ in range(self.steps):
-            rec["t_lr"].append(topt.param_groups[0]["lr"])
-            loss = tl(tm(tx), ty)
-            topt.zero_grad()
-            loss.backward()
-            rec["t_gn"].append(clip_gradients(tm, max_norm))
-            topt.step()
-            tsched.step()
-            if dtype == torch.float64:   # Paddle holds the LR as a float32 tensor (D10): use the same value
-                for g in topt.param_groups:
-                    g["lr"] = float(np.float32(g["lr"]))
-            rec["t_loss"].append(loss.item())
-            if torch_only:
-                continue
-            rec["p_lr"].append(popt.get_lr())
-            loss = pl(pm(px), py)
-            loss.backward()
-            grads = [p.grad for p in pm.parameters() if p.grad is not None]
-            rec["p_gn"].append(float(paddle.sqrt(sum((g.astype("float64") ** 2).sum() for g in grads))))
-            popt.step()
-            popt.clear_grad()
-            psched.step()
-            rec["p_loss"].append(float(loss))
-        return {k: (np.array(v) if isinstance(v, list) else v) for k, v in rec.items()}
-
     def backward(self, log):
         """The real recipe (Momentum 0.9, wd 1e-4, global-norm clip 35, poly LR to 0 over the run) for ``steps``
         steps in train mode on one fixed batch.
@@ -236,31 +183,36 @@ class FactSegCase(ParityCase):
           are chaotic in fp32 (D9), so the reference's own fp32-vs-fp64 gap is measured in the same run.
         """
         from align.probe import run_probe
+        from align.training import clipped_steps, train_pair
         probe_recipe = dict(RECIPE, optimizer=dict(RECIPE["optimizer"], grad_clip=0.5))   # so the clip fires
         r = run_probe(probe_recipe, self.x[:, :, :32, :32], self.y[:, :32, :32], heads=(self.num_classes, 1),
                       steps=self.steps, seed=self.seed)
-        log.add("probe_loss_per_step", r["t_loss"], r["p_loss"], STEP_LOSS)
-        log.add("probe_lr_per_step", r["t_lr"], r["p_lr"], LR)
-        log.add("probe_grad_norm_before_clip", r["t_gn"], r["p_gn"], Tol(rtol=1e-5))
+        t, p = r["t"], r["p"]
+        log.add("probe_loss_per_step", t["loss"], p["loss"], STEP_LOSS)
+        log.add("probe_lr_per_step", t["lr"], p["lr"], LR)
+        log.add("probe_grad_norm_before_clip", t["grad_norm"], p["grad_norm"], Tol(rtol=1e-5))
         log.add("probe_params_after_steps", r["t_params"], r["p_params"], PARAM)
         log.notes.append(f"probe: clipping (max norm {r['max_norm']}) active in "
-                         f"{int((r['t_gn'] > r['max_norm']).sum())}/{self.steps} steps")
+                         f"{clipped_steps(t, r['max_norm'])}/{self.steps} steps")
 
         tm, pm = self.build_pair()
-        r = self._train(tm, pm, bn_eval=False)
-        log.add("train_loss_step0", r["t_loss"][:1], r["p_loss"][:1], STEP_LOSS)
-        log.add("train_grad_norm_step0", r["t_gn"][:1], r["p_gn"][:1], Tol(rtol=1e-4), known="D7")
-        log.add("train_lr_per_step", r["t_lr"], r["p_lr"], LR)
-        log.add("train_loss_per_step", r["t_loss"], r["p_loss"], STEP_LOSS, known="D9")
-        log.add("train_grad_norm_before_clip", r["t_gn"], r["p_gn"], Tol(rtol=1e-4), known="D9")
+        tm.train(), pm.train()
+        r = train_pair(tm, pm, RECIPE, self.x, self.y, self.steps)
+        t, p = r["t"], r["p"]
+        log.add("train_loss_step0", t["loss"][:1], p["loss"][:1], STEP_LOSS)
+        log.add("train_grad_norm_step0", t["grad_norm"][:1], p["grad_norm"][:1], Tol(rtol=1e-4), known="D7")
+        log.add("train_lr_per_step", t["lr"], p["lr"], LR)
+        log.add("train_loss_per_step", t["loss"], p["loss"], STEP_LOSS, known="D9")
+        log.add("train_grad_norm_before_clip", t["grad_norm"], p["grad_norm"], Tol(rtol=1e-4), known="D9")
         t_params, p_params = self.trainable_params(tm, pm)
         log.add("train_params_after_steps", t_params, p_params, PARAM, known="D9")
         log.notes.append(f"train: clipping (max norm {r['max_norm']}) active in "
-                         f"{int((r['t_gn'] > r['max_norm']).sum())}/{self.steps} steps")
+                         f"{clipped_steps(t, r['max_norm'])}/{self.steps} steps")
         tm64, _ = self.build_pair(dtype="float64")
-        r64 = self._train(tm64, None, bn_eval=False, torch_only=True)
-        gap_ref = float(np.max(np.abs(r["t_loss"] - r64["t_loss"]) / np.abs(r64["t_loss"])))
-        gap_port = float(np.max(np.abs(r["p_loss"] - r["t_loss"]) / np.abs(r["t_loss"])))
+        tm64.train()
+        t64 = train_pair(tm64, None, RECIPE, self.x, self.y, self.steps, torch_only=True)["t"]
+        gap_ref = float(np.max(np.abs(t["loss"] - t64["loss"]) / np.abs(t64["loss"])))
+        gap_port = float(np.max(np.abs(p["loss"] - t["loss"]) / np.abs(t["loss"])))
         log.notes.append(f"train: max relative loss gap over {self.steps} steps: paddle fp32 vs torch fp32 "
                          f"{gap_port:.2e}; torch fp32 vs torch fp64 {gap_ref:.2e} (the reference's own noise floor)")
 
