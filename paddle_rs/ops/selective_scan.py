@@ -18,7 +18,12 @@ Entry points: ``selective_scan`` (mamba-ssm layout), ``selective_scan_blc``
 
 Execution paths of the production entry points (one recurrence):
 
-* dygraph: :class:`SelectiveScanFn` (``PyLayer``) — chunked sequential scan,
+* dygraph, fp32 on CPU (default): :class:`FusedSelectiveScanFn` — the C++ kernels of
+  ``csrc/selective_scan_cpu.cc`` (same chunked algorithm, everything from ``delta_bias`` to the gate fused,
+  OpenMP over batch x channel blocks), compiled on first use by :func:`fused_ext` and cached under
+  ``~/.cache/paddle_rs/ops``. 4-5x faster than the op-by-op scan below, 3x faster than torch's. Falls back
+  (one warning) to the pure-Paddle scan when the build fails; ``PADDLE_RS_FUSED_SCAN=0`` disables it.
+* dygraph otherwise (fp64, no extension): :class:`SelectiveScanFn` (``PyLayer``) — chunked sequential scan,
   coefficients built per chunk of ``T`` steps, only chunk-start states kept,
   hand-written backward that recomputes each chunk and runs the adjoint
   recurrence; ``delta_bias``, softplus, ``D`` and the ``z`` gate fused in (as in
@@ -31,7 +36,9 @@ Execution paths of the production entry points (one recurrence):
   1, input 0) and leave the state unchanged, and their outputs are cut off. The
   exported graph accepts any ``l`` and batch and its size does not depend on
   ``l`` (porting.md §5.4). Same per-step operations as dygraph, so Paddle
-  Inference reproduces dygraph.
+  Inference reproduces dygraph (to ~1e-6 with the fused kernel's exp polynomial).
+  ``set_static_scan("fused")`` exports the fused forward op instead (exact, faster than dygraph; the
+  inference process must call :func:`fused_ext` first to register the op).
 
 Paddle CPU specifics (same math as torch, measured on Paddle 3.3.1):
 
@@ -45,12 +52,18 @@ Paddle CPU specifics (same math as torch, measured on Paddle 3.3.1):
   more than the arithmetic of these small tensors (2-3x on the step loop).
 * softplus: see :func:`softplus`.
 """
+import hashlib
+import os
+import platform
+import time
+import warnings
+
 import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 __all__ = ["CHUNK_SIZE", "softplus", "selective_scan", "selective_scan_blc", "selective_scan_ref",
-           "SelectiveScanFn"]
+           "SelectiveScanFn", "FusedSelectiveScanFn", "fused_ext", "set_static_scan"]
 
 CHUNK_SIZE = 16
 
@@ -274,6 +287,154 @@ class SelectiveScanFn(PyLayer):
         return tuple(g if need else None for g, need, here in zip(grads, ctx.needs, ctx.present) if here)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# fused C++ CPU kernels (paddle_rs/ops/csrc/selective_scan_cpu.cc), compiled on first use
+# ----------------------------------------------------------------------------------------------------------
+_EXT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cc")
+_EXT_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+_EXT_STATE = {}   # "module": loaded extension or None (unavailable), "build_s": seconds spent in load()
+
+
+def _ext_build_dir():
+    """Cache directory keyed by the source, the flags, the Paddle version and the CPU's feature flags
+    (``-march=native`` objects must not be reused on a different CPU)."""
+    h = hashlib.sha1()
+    with open(_EXT_SOURCE, "rb") as f:
+        h.update(f.read())
+    h.update(" ".join(_EXT_CFLAGS + [paddle.__version__, platform.machine()]).encode())
+    try:
+        with open("/proc/cpuinfo") as f:
+            h.update(next((ln for ln in f if ln.startswith("flags")), "").encode())
+    except OSError:
+        pass
+    root = os.environ.get("PADDLE_RS_EXT_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "paddle_rs", "ops")
+    return os.path.join(root, "selective_scan_cpu_" + h.hexdigest()[:16])
+
+
+@paddle.jit.not_to_static
+def fused_ext():
+    """The compiled extension module (ops ``rs_selective_scan_fwd`` / ``rs_selective_scan_bwd``), or ``None``.
+
+    Built with ``paddle.utils.cpp_extension.load`` on first use (~20 s with g++ 12; cached and reloaded in ~1 s
+    afterwards; a file lock serialises concurrent builds). ``PADDLE_RS_FUSED_SCAN=0`` disables it. Any failure
+    (no compiler, no OpenMP, build error) is reported once as a warning and the pure-Paddle scan is used.
+    """
+    if "module" in _EXT_STATE:
+        return _EXT_STATE["module"]
+    module = None
+    if os.environ.get("PADDLE_RS_FUSED_SCAN", "1") != "0" and platform.system() == "Linux":
+        t0 = time.perf_counter()
+        try:
+            import contextlib
+            import fcntl
+            import io
+
+            with warnings.catch_warnings():   # "No ccache found" at import
+                warnings.simplefilter("ignore")
+                from paddle.utils.cpp_extension import load
+            build_dir = _ext_build_dir()
+            os.makedirs(build_dir, exist_ok=True)
+            log = io.StringIO()
+            with open(os.path.join(build_dir, "build.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with contextlib.redirect_stdout(log), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    module = load(name="paddle_rs_selective_scan_cpu", sources=[_EXT_SOURCE],
+                                  extra_cxx_cflags=_EXT_CFLAGS, extra_ldflags=["-fopenmp"],
+                                  build_directory=build_dir, verbose=False)
+            if not all(hasattr(module, op) for op in ("rs_selective_scan_fwd", "rs_selective_scan_bwd")):
+                raise RuntimeError("ops not registered")
+        except Exception as e:   # noqa: BLE001 - any failure means: use the pure-Paddle scan
+            warnings.warn(f"paddle_rs: fused CPU selective scan unavailable ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}); "
+                          "using the pure-Paddle scan", RuntimeWarning, stacklevel=2)
+            module = None
+        _EXT_STATE["build_s"] = time.perf_counter() - t0
+    _EXT_STATE["module"] = module
+    return module
+
+
+def _fused_ok(u, *others):
+    return (paddle.in_dynamic_mode() and u.dtype == paddle.float32 and u.place.is_cpu_place()
+            and all(t is None or t.dtype == paddle.float32 for t in others) and fused_ext() is not None)
+
+
+def _fused_args(u, delta, A, B, C, D, z, delta_bias):
+    """Contiguous fp32 inputs of the fused ops; absent ``D`` / ``delta_bias`` are zeros (adding 0 is exact),
+    absent ``z`` a 1-element placeholder (``has_z=False``)."""
+    zeros = None
+    if D is None or delta_bias is None:
+        zeros = paddle.zeros([A.shape[0]], dtype=A.dtype)
+    c = lambda t: t.contiguous()
+    return (c(u), c(delta), c(A), c(B), c(C), zeros if D is None else c(D),
+            paddle.zeros([1], dtype=u.dtype) if z is None else c(z), zeros if delta_bias is None else c(delta_bias))
+
+
+class FusedSelectiveScanFn(PyLayer):
+    """Channels-last selective scan on the fused C++ kernels: ``(u, delta [b,l,d], A [d,n], B, C [b,l,n],
+    D [d]|None, z [b,l,d]|None, delta_bias [d]|None, delta_softplus, chunk_size) -> out [b,l,d]``.
+
+    Same algorithm as :class:`SelectiveScanFn` (chunk-start states saved, chunks recomputed in the backward),
+    with ``delta_bias``, softplus, ``D`` and the gate fused in; all of it in one OpenMP kernel per direction.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        args = _fused_args(*inputs)
+        out, starts = fused_ext().rs_selective_scan_fwd(*args, bool(delta_softplus), z is not None,
+                                                          int(chunk_size), True)
+        ctx.save_for_backward(*args, starts)
+        ctx.needs = [t is not None and not t.stop_gradient for t in inputs]
+        ctx.present = [t is not None for t in inputs]
+        ctx.flags = (bool(delta_softplus), z is not None, int(chunk_size))
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        saved = ctx.saved_tensor()
+        grads = fused_ext().rs_selective_scan_bwd(*saved, gout.contiguous(), *ctx.flags)
+        return tuple(g if need else None for g, need, here in zip(grads, ctx.needs, ctx.present) if here)
+
+
+_STATIC_BACKEND = {"fused": False}
+
+
+def set_static_scan(backend):
+    """What ``paddle.jit.to_static`` puts into the exported graph for the scan:
+
+    * ``"loop"`` (default): the pure-Paddle ``while_loop`` over ``ceil(l / T)`` chunks (:func:`_scan_static`); the
+      export runs in any Paddle Inference build.
+    * ``"fused"``: one ``rs_selective_scan_fwd`` custom op (the C++ kernel, dynamic ``l``; ~5x faster). The
+      process that runs the exported model must register the op first — call :func:`fused_ext` (which builds or
+      loads the cached library) before ``paddle.jit.load`` / ``paddle.inference.create_predictor``.
+
+    Returns the previous backend. Raises ``RuntimeError`` for ``"fused"`` when the extension is unavailable.
+    """
+    if backend not in ("loop", "fused"):
+        raise ValueError(f"backend must be 'loop' or 'fused', got {backend!r}")
+    if backend == "fused" and fused_ext() is None:
+        raise RuntimeError("the fused selective-scan extension is unavailable (see the earlier warning)")
+    prev = "fused" if _STATIC_BACKEND["fused"] else "loop"
+    _STATIC_BACKEND["fused"] = backend == "fused"
+    return prev
+
+
+@paddle.jit.not_to_static
+def _static_fused():
+    return _STATIC_BACKEND["fused"]
+
+
+@paddle.jit.not_to_static
+def _fused_static(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+    """The fused forward op in a static graph (``set_static_scan("fused")``)."""
+    zeros = paddle.zeros([A.shape[0]], dtype=A.dtype)
+    return fused_ext().rs_selective_scan_fwd(
+        u, delta, A, B, C, zeros if D is None else D, paddle.zeros([1], dtype=u.dtype) if z is None else z,
+        zeros if delta_bias is None else delta_bias, bool(delta_softplus), z is not None, int(chunk_size), False)[0]
+
+
 @paddle.jit.not_to_static
 def _scan_static(u, delta, A, B, C, chunk_size):
     """Static-graph recurrence (time-major, like :func:`_scan_fwd`): ``while_loop`` over ``ceil(l/T)`` chunks.
@@ -327,12 +488,22 @@ def selective_scan_blc(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     ``D, delta_bias: [d]`` -> ``[b, l, d]``. ``chunk_size`` defaults to ``CHUNK_SIZE``."""
     # (defaults are None, not CHUNK_SIZE: dy2static re-creates the function and loses module globals in defaults)
     chunk_size = CHUNK_SIZE if chunk_size is None else chunk_size
+    if not paddle.in_dynamic_mode() and _static_fused():
+        return _fused_static(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
     if not paddle.in_dynamic_mode():
         t = lambda x: None if x is None else x.transpose([1, 0, 2])
         delta_pre, delta_sp = _pre(t(delta), delta_bias, delta_softplus)
         y = _scan_static(t(u), delta_sp, A, t(B), t(C), chunk_size)
         out, _ = _post(y, t(u), D, t(z))
         return out.transpose([1, 0, 2])
+    if _fused_ok(u, delta, A, B, C, D, z, delta_bias):
+        if paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient
+                                            for t in (u, delta, A, B, C, D, z, delta_bias)):
+            return FusedSelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                              int(chunk_size))
+        args = _fused_args(u, delta, A, B, C, D, z, delta_bias)
+        return fused_ext().rs_selective_scan_fwd(*args, bool(delta_softplus), z is not None, int(chunk_size),
+                                                 False)[0]
     args = (_tm(u), _tm(delta), A, _tm(B), _tm(C), D, _tm(z), delta_bias)
     if paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in args):
         out = SelectiveScanFn.apply(*args, bool(delta_softplus), int(chunk_size))
