@@ -3,12 +3,14 @@
 ``train_pair`` runs ``steps`` iterations of a recipe (``optimizer`` / ``lr_scheduler`` / ``loss`` config
 sections, built by the mirrored ``engine/optim.py`` and ``losses`` builders) on one fixed batch, and records
 per step the LR used, the loss and the global gradient norm before clipping. Order per step, both sides:
-read LR -> forward -> loss -> backward -> clip -> optimizer step -> scheduler step.
+read LR -> (batch hook) -> forward -> loss -> backward -> clip -> optimizer step -> scheduler step.
+The optional batch hooks ``(step, x, y) -> (x, y)`` (one per framework, on its tensors) change the batch per
+step, e.g. Mixup/CutMix with injected parameters (align/cases/rsmamba.py).
 """
 import numpy as np
 
 
-def _torch_step_records(tm, recipe, steps, make_inputs, loss_fn=None):
+def _torch_step_records(tm, recipe, steps, make_inputs, loss_fn=None, batch_fn=None):
     import torch
 
     from torch_ref.engine.optim import build_optimizer, clip_gradients
@@ -18,9 +20,10 @@ def _torch_step_records(tm, recipe, steps, make_inputs, loss_fn=None):
     x, y = make_inputs()
     fp64 = next(tm.parameters()).dtype == torch.float64
     rec = {"loss": [], "lr": [], "grad_norm": []}
-    for _ in range(steps):
+    for step in range(steps):
         rec["lr"].append(opt.param_groups[0]["lr"])
-        loss = crit(tm(x), y)
+        xs, ys = batch_fn(step, x, y) if batch_fn is not None else (x, y)
+        loss = crit(tm(xs), ys)
         opt.zero_grad()
         loss.backward()
         rec["grad_norm"].append(clip_gradients(tm, max_norm))
@@ -33,7 +36,7 @@ def _torch_step_records(tm, recipe, steps, make_inputs, loss_fn=None):
     return {k: np.array(v) for k, v in rec.items()}, max_norm
 
 
-def _paddle_step_records(pm, recipe, steps, make_inputs, loss_fn=None):
+def _paddle_step_records(pm, recipe, steps, make_inputs, loss_fn=None, batch_fn=None):
     import paddle
 
     from paddle_rs.engine.optim import build_optimizer
@@ -42,9 +45,10 @@ def _paddle_step_records(pm, recipe, steps, make_inputs, loss_fn=None):
     crit = loss_fn or build_loss(recipe["loss"])
     x, y = make_inputs()
     rec = {"loss": [], "lr": [], "grad_norm": []}
-    for _ in range(steps):
+    for step in range(steps):
         rec["lr"].append(opt.get_lr())
-        loss = crit(pm(x), y)
+        xs, ys = batch_fn(step, x, y) if batch_fn is not None else (x, y)
+        loss = crit(pm(xs), ys)
         loss.backward()
         grads = [p.grad for p in pm.parameters() if p.grad is not None]
         rec["grad_norm"].append(float(paddle.sqrt(sum((g.astype("float64") ** 2).sum() for g in grads))))
@@ -55,11 +59,13 @@ def _paddle_step_records(pm, recipe, steps, make_inputs, loss_fn=None):
     return {k: np.array(v) for k, v in rec.items()}
 
 
-def train_pair(tm, pm, recipe, x, y, steps, torch_only=False, torch_loss=None, paddle_loss=None):
+def train_pair(tm, pm, recipe, x, y, steps, torch_only=False, torch_loss=None, paddle_loss=None, torch_batch=None,
+               paddle_batch=None):
     """Train ``tm`` (and ``pm`` unless ``torch_only``) in place; returns ``{'t': records, 'p': records, 'max_norm'}``.
 
     ``x`` (float array, cast to the torch model's dtype) and ``y`` (labels) are numpy arrays. Models are used in
-    the mode the caller set (train mode, or train mode with BatchNorm in eval).
+    the mode the caller set (train mode, or train mode with BatchNorm in eval). ``torch_batch`` / ``paddle_batch``:
+    optional per-step batch hooks ``(step, x, y) -> (x, y)`` on each framework's tensors.
     """
     import paddle
     import torch
@@ -73,10 +79,10 @@ def train_pair(tm, pm, recipe, x, y, steps, torch_only=False, torch_loss=None, p
         px = paddle.to_tensor(np.ascontiguousarray(x)).astype(str(dtype).replace("torch.", ""))
         return px, paddle.to_tensor(np.ascontiguousarray(y))
 
-    t, max_norm = _torch_step_records(tm, recipe, steps, t_inputs, torch_loss)
+    t, max_norm = _torch_step_records(tm, recipe, steps, t_inputs, torch_loss, torch_batch)
     out = {"t": t, "max_norm": max_norm}
     if not torch_only:
-        out["p"] = _paddle_step_records(pm, recipe, steps, p_inputs, paddle_loss)
+        out["p"] = _paddle_step_records(pm, recipe, steps, p_inputs, paddle_loss, paddle_batch)
     return out
 
 

@@ -29,14 +29,34 @@ def add_common(ap):
     ap.add_argument("--input_size", type=int, default=None, help="input size for --verify (default: model's)")
 
 
+def deterministic_opts(name, opts):
+    """``opts`` plus a fixed seed for every registered constructor option named ``*_seed`` that is None
+    (e.g. RSMamba's ``perm_seed``: without it the shuffle permutations are drawn per forward, and torch and
+    Paddle would draw different ones). Options the user set are kept."""
+    from paddle_rs.registry import get_entry
+    out = dict(opts)
+    for k, v in get_entry(name).defaults.items():
+        if k.endswith("_seed") and out.get(k, v) is None:
+            out[k] = 0
+    return out
+
+
 def verify(name, torch_sd, paddle_sd, opts, input_size=None):
-    """Forward both frameworks on one random input in eval mode; returns the max abs diff."""
+    """Forward both frameworks on one random input in eval mode; returns the max abs diff.
+
+    Seed options are fixed (:func:`deterministic_opts`); the input size defaults to the model's
+    ``default_input_size`` attribute, else 128.
+    """
     import numpy as np
     import paddle
     import torch
 
     from convert.api import build_pair, load_paddle_strict
-    tm, pm = build_pair(name, **opts)
+    det = deterministic_opts(name, opts)
+    if det != dict(opts):
+        print("verify: fixed " + ", ".join(f"{k}={v}" for k, v in det.items() if k not in opts or opts[k] != v)
+              + " (deterministic forward in both frameworks)")
+    tm, pm = build_pair(name, **det)
     tm.load_state_dict(torch_sd, strict=True)
     load_paddle_strict(pm, paddle_sd)
     tm.eval(), pm.eval()

@@ -82,6 +82,9 @@ def main(argv=None):
     else:
         entry = get_entry(args.model)
         opts = _parse_opt(args.opt)
+        if entry.defaults.get("perm_seed", 0) is None and "perm_seed" not in opts:
+            opts["perm_seed"] = 0       # a fixed, seeded shuffle-permutation set (RSMamba); recorded in model.yml
+            log(f"[export] {args.model}: perm_seed=0 (fixed permutations; --opt perm_seed=N to choose another set)")
         model = build_model(args.model, **opts)
         if args.weights:
             load_weights_strict(model, args.weights)

@@ -16,6 +16,11 @@ For each image of the validation list named by the training YAML it
 
 ``--benchmark=True`` adds a built-in timer: 5 warm-up calls, then the mean preprocess / inference /
 postprocess milliseconds per call over the list. Exit status 1 on any failed check, 2 on bad arguments.
+
+Classifiers (``model_type: classifier``, e.g. RSMamba): the validation split of the ``datainfo`` layout
+(``<class>/<file>`` lines, classes = the YAML's labels); per image the contract is ``scores`` of length K =
+``num_classes``, finite, summing to 1 (+-1e-4), ``label == argmax(scores)`` (ties tolerated); it prints the top-k
+with the ground truth, the top-1 over the list (information only) and writes ``predictions.json``.
 """
 import argparse
 import os
@@ -98,6 +103,84 @@ def check_result(res, image_hw, num_classes):
     return problems
 
 
+def check_cls_result(res, num_classes):
+    """List of problems of one classifier result (empty when it honours the contract)."""
+    if "scores" not in res or "label" not in res:
+        return [f"result has keys {sorted(res)}; expected scores and label"]
+    score, label = np.asarray(res["scores"]), int(res["label"])
+    if score.ndim != 1:
+        return [f"scores shape {score.shape}, expected (K,)"]
+    problems = []
+    if num_classes is not None and score.shape[0] != int(num_classes):
+        problems.append(f"{score.shape[0]} scores, model.yml says num_classes={num_classes}")
+    if not np.isfinite(score).all():
+        return problems + ["scores hold non-finite values"]
+    err = abs(float(score.astype(np.float64).sum()) - 1.0)
+    if err > SUM_TOL:
+        problems.append(f"scores do not sum to 1: |sum-1| = {err:.3e} > {SUM_TOL:.0e}")
+    if not 0 <= label < score.shape[0]:
+        problems.append(f"label {label} outside 0..{score.shape[0] - 1}")
+    elif score[label] < score.max() - TIE_TOL:
+        problems.append(f"label {label} is not argmax(scores) = {int(score.argmax())}")
+    return problems
+
+
+def infer_cls(args, cfg, data, pred, name):
+    """Classifier branch: predict the datainfo validation split, check each result, print top-k."""
+    import json
+
+    from paddle_rs.data.datasets import read_cls_split
+    classes = data["labels"] or pred.labels
+    items = read_cls_split(data["val_list"], data["root"], classes)
+    save_dir = args.save_dir or os.path.join(os.path.dirname(os.path.normpath(args.model_dir)), "infer_results")
+    os.makedirs(save_dir, exist_ok=True)
+    print(f"[infer] {name}: {len(items)} image(s) from {data['val_list']}, classifier {args.model_dir} "
+          f"(device {pred.device}, {'PIR' if pred.is_pir else 'legacy'} program, batch {args.batch_size}, "
+          f"threads {args.cpu_threads}, mkldnn {args.enable_mkldnn}, precision {args.precision})")
+    paths = [p for p, _ in items]
+    batches = [list(range(i, min(i + args.batch_size, len(items)))) for i in range(0, len(items), args.batch_size)]
+    if args.benchmark and batches:
+        for _ in range(WARMUP):
+            pred.predict([paths[k] for k in batches[0]])
+    timings, failures, correct, out = [], 0, 0, {}
+    t0 = time.perf_counter()
+    for batch in batches:
+        results = pred.predict([paths[k] for k in batch])
+        timings.append(dict(pred.last_timings))
+        if len(results) != len(batch):
+            print(f"[infer] FAIL: {len(batch)} image(s) in, {len(results)} result(s) out")
+            failures += len(batch)
+            continue
+        for k, res in zip(batch, results):
+            path, gt = items[k]
+            problems = check_cls_result(res, pred.num_classes)
+            top = ", ".join(f"{t['label']} {t['score']:.4f}" for t in res.get("topk", []))
+            status = "ok" if not problems else "FAIL: " + "; ".join(problems)
+            print(f"[infer] {os.path.relpath(path, data['root'])}: gt {classes[gt]} -> top-k [{top}] -> {status}")
+            if problems:
+                failures += 1
+                continue
+            correct += int(res["label"] == gt)
+            out[os.path.relpath(path, data["root"])] = {"gt": int(gt), "label": int(res["label"]),
+                                                         "topk": res["topk"]}
+    wall = time.perf_counter() - t0
+    with open(os.path.join(save_dir, "predictions.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    print(f"[infer] top-1 {100.0 * correct / max(len(items), 1):.2f} % over {len(items)} image(s) "
+          f"(information only; the lite chain does not check accuracy)")
+    if args.benchmark and timings:
+        mean = {k: float(np.mean([t[k] for t in timings])) for k in ("preprocess", "inference", "postprocess")}
+        print(f"[infer] benchmark ({WARMUP} warm-up calls, {len(timings)} timed call(s) of batch "
+              f"{args.batch_size}): preprocess {mean['preprocess']:.2f} ms, inference {mean['inference']:.2f} ms, "
+              f"postprocess {mean['postprocess']:.2f} ms per call; {1e3 * wall / max(len(paths), 1):.2f} ms "
+              f"per image end to end")
+    if failures:
+        print(f"[infer] {failures} of {len(items)} image(s) failed the checks")
+        return 1
+    print(f"[infer] all {len(items)} image(s) passed; predictions in {save_dir}")
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -111,11 +194,13 @@ def main(argv=None):
     from paddle_rs.data.raster_io import make_palette, write_mask_png
     from paddle_rs.deploy.predictor import Predictor
 
-    items = read_seg_file_list(data["val_list"], data["root"])
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir))
     pred = Predictor(args.model_dir, device=args.device, cpu_threads=args.cpu_threads,
                      enable_mkldnn=args.enable_mkldnn, use_trt=args.use_trt, precision=args.precision,
                      max_batch_size=args.batch_size)
+    if pred.task == "cls":
+        return infer_cls(args, cfg, data, pred, name)
+    items = read_seg_file_list(data["val_list"], data["root"])
     if pred.task != "seg":
         print(f"[infer] {args.model_dir}: model_type {pred.model_type!r}; this TIPC step checks segmenters",
               file=sys.stderr)

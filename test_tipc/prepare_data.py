@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""TIPC data step (tipc.md §5.3): a tiny, deterministic segmentation dataset for the lite chain.
+"""TIPC data step (tipc.md §5.3): a tiny, deterministic segmentation or classification dataset for the lite chain.
 
   python test_tipc/prepare_data.py --config <train yaml> --mode <MODE> [--source auto|shared|synthetic]
                                    [--coco_root DIR] [--force]
@@ -15,6 +15,16 @@ trainer does; the runner works from the repository root):
 - ``source=synthetic`` (otherwise): ``paddle_rs.data.datasets.make_synthetic_seg_dataset`` with the YAML's
   ``num_classes``, ``ignore_index`` and ``labels``: 6 train / 2 val RGB PNGs of 128 x 128, rectangles of the
   classes and a band of the ignore index (seed 0).
+
+Classification configs (``task: cls``, or a model registered with task ``cls``) get the RSMamba ``datainfo``
+layout instead (``<class>/<file>.png`` images, ``train.txt`` / ``val.txt`` with ``<class>/<file>`` lines,
+``cls_names.txt`` = ``labels.txt``), 6 train / 2 val images:
+
+- ``source=shared`` (default when the shared data exists and the YAML has its 10 classes):
+  ``tools/prepare_dataset.py --task cls`` on the first 6 images of each split (224 x 224 object crops), then
+  the crops picked round-robin over the classes (file order within a class);
+- ``source=synthetic``: ``make_synthetic_cls_dataset`` (64 x 64 stripe images, one per class and split, seed 0),
+  the first 6 train / 2 val of them in class order.
 
 Either way the result has ``train.txt`` / ``val.txt`` (``<img_rel> <mask_rel>``), ``labels.txt`` and a stamp
 file ``.tipc_data_stamp.json``. When the stamp matches the request the step is skipped ("up to date"). The
@@ -45,6 +55,9 @@ SHARED_MAX_IMAGES = 6            # per split
 SHARED_SCALE = 0.5
 DEFAULT_COCO_ROOT = os.path.join(os.path.dirname(ROOT), "shared", "data", "nwpu_vhr10_mini")
 NWPU_NUM_CLASSES = 11            # background + 10 COCO categories
+NWPU_CLS_NUM_CLASSES = 10        # classification crops: the 10 COCO categories
+CLS_SHARED_SIZE = 224            # tools/prepare_dataset.py --task cls crop size
+CLS_SYNTHETIC_SIZE = 64
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -155,25 +168,113 @@ def build_shared(out, info, coco_root):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def config_task(cfg):
+    """``task`` of the YAML, else the registry entry's task of ``model.name`` (as the trainer decides)."""
+    if cfg.get("task"):
+        return cfg["task"]
+    try:
+        from paddle_rs.registry import get_entry
+        return get_entry((cfg.get("model") or {}).get("name")).task
+    except KeyError:
+        return "seg"
+
+
+def _round_robin(lines, n):
+    """``n`` datainfo lines picked round-robin over their classes (class order of first appearance, file order
+    within a class): deterministic, and as many classes as possible."""
+    by_class = {}
+    for line in lines:
+        by_class.setdefault(line.split("/")[0], []).append(line)
+    picked, k = [], 0
+    while len(picked) < n and any(k < len(v) for v in by_class.values()):
+        picked += [v[k] for v in by_class.values() if k < len(v)][:n - len(picked)]
+        k += 1
+    return picked
+
+
+def _copy_cls(out, stage, lists, class_names):
+    from paddle_rs.data.datasets import write_text_atomic
+    for lines in lists.values():
+        for rel in lines:
+            dst = os.path.join(out, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(os.path.join(stage, rel), dst)
+    write_text_atomic(os.path.join(out, "cls_names.txt"), class_names)
+    write_text_atomic(os.path.join(out, "labels.txt"), class_names)
+    write_text_atomic(os.path.join(out, "val.txt"), lists["val"])
+    write_text_atomic(os.path.join(out, "train.txt"), lists["train"])
+
+
+def build_synthetic_cls(out, info):
+    from paddle_rs.data.datasets import make_synthetic_cls_dataset
+
+    stage = tempfile.mkdtemp(prefix=".stage_", dir=out)
+    try:
+        paths = make_synthetic_cls_dataset(stage, num_classes=info["num_classes"], n_train_per_class=1,
+                                           n_val_per_class=1, size=CLS_SYNTHETIC_SIZE, seed=SEED,
+                                           class_names=info["labels"])
+        lists = {}
+        for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+            with open(paths[f"{split}_list"], "r", encoding="utf-8") as f:
+                lists[split] = _round_robin([ln.strip() for ln in f if ln.strip()], n)
+        with open(paths["cls_names"], "r", encoding="utf-8") as f:
+            names = [ln.strip() for ln in f if ln.strip()]
+        _copy_cls(out, stage, lists, names)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def build_shared_cls(out, info, coco_root):
+    stage = tempfile.mkdtemp(prefix=".stage_", dir=out)
+    try:
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "prepare_dataset.py"), "--task", "cls",
+               "--coco_root", coco_root, "--out", stage, "--max_images", str(SHARED_MAX_IMAGES),
+               "--size", str(CLS_SHARED_SIZE)]
+        print("[prepare_data] " + " ".join(cmd), flush=True)
+        r = subprocess.run(cmd, env=dict(os.environ, TQDM_DISABLE="1"))
+        if r.returncode != 0:
+            raise RuntimeError(f"tools/prepare_dataset.py failed with exit status {r.returncode}")
+        lists = {}
+        for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+            with open(os.path.join(stage, f"{split}.txt"), "r", encoding="utf-8") as f:
+                lists[split] = _round_robin([ln.strip() for ln in f if ln.strip()], n)
+            if len(lists[split]) < n:
+                raise RuntimeError(f"only {len(lists[split])} {split} crops from {coco_root}, need {n}")
+        with open(os.path.join(stage, "cls_names.txt"), "r", encoding="utf-8") as f:
+            names = [ln.strip() for ln in f if ln.strip()]
+        if len(names) != info["num_classes"]:
+            raise RuntimeError(f"{coco_root} gives {len(names)} classes, the config wants {info['num_classes']}")
+        if info["labels"] and list(info["labels"]) != names:
+            raise RuntimeError(f"the config's labels {info['labels']} differ from the crops' classes {names}")
+        _copy_cls(out, stage, lists, names)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------------------------
-def choose_source(requested, info, coco_root):
+def choose_source(requested, info, coco_root, task="seg"):
     shared_ok = os.path.isfile(os.path.join(coco_root, "annotations", "train.json")) and \
         os.path.isfile(os.path.join(coco_root, "annotations", "val.json"))
-    fits = info["num_classes"] == NWPU_NUM_CLASSES and info["ignore_index"] == 255 and not info["color_map"]
+    if task == "cls":
+        fits = info["num_classes"] == NWPU_CLS_NUM_CLASSES
+        nwpu_classes = NWPU_CLS_NUM_CLASSES
+    else:
+        fits = info["num_classes"] == NWPU_NUM_CLASSES and info["ignore_index"] == 255 and not info["color_map"]
+        nwpu_classes = NWPU_NUM_CLASSES
     if requested == "shared":
         if not shared_ok:
             raise SystemExit(f"[prepare_data] --source shared: no COCO annotations under {coco_root}")
         if not fits:
             raise SystemExit(f"[prepare_data] --source shared: the config wants num_classes="
                              f"{info['num_classes']}, ignore_index={info['ignore_index']}; the shared data "
-                             f"has {NWPU_NUM_CLASSES} classes and ignore index 255")
+                             f"has {nwpu_classes} classes" + ("" if task == "cls" else " and ignore index 255"))
         return "shared"
     if requested == "synthetic":
         return "synthetic"
     if shared_ok and fits:
         return "shared"
     why = "no shared data at " + coco_root if not shared_ok else \
-        f"the config's classes ({info['num_classes']}) do not match the shared data's ({NWPU_NUM_CLASSES})"
+        f"the config's classes ({info['num_classes']}) do not match the shared data's ({nwpu_classes})"
     print(f"[prepare_data] using synthetic data: {why}")
     return "synthetic"
 
@@ -206,14 +307,19 @@ def main(argv=None):
         return 2
     cfg = load_train_config(args.config)
     info = seg_data_info(cfg, args.config)
+    task = config_task(cfg)
     root = info["root"]
     coco_root = os.path.abspath(args.coco_root)
-    source = choose_source(args.source, info, coco_root)
+    source = choose_source(args.source, info, coco_root, task)
+    size = SIZE if task != "cls" else (CLS_SHARED_SIZE if source == "shared" else CLS_SYNTHETIC_SIZE)
     want = dict(version=STAMP_VERSION, source=source, num_classes=info["num_classes"],
-                ignore_index=info["ignore_index"], labels=info["labels"], size=SIZE, n_train=N_TRAIN,
+                ignore_index=info["ignore_index"], labels=info["labels"], size=size, n_train=N_TRAIN,
                 n_val=N_VAL, seed=SEED)
+    if task == "cls":
+        want.update(task="cls")
     if source == "shared":
-        want.update(coco_root=coco_root, max_images=SHARED_MAX_IMAGES, scale=SHARED_SCALE)
+        want.update(coco_root=coco_root, max_images=SHARED_MAX_IMAGES,
+                    scale=SHARED_SCALE if task != "cls" else 1.0)
     lists = (os.path.join(root, "train.txt"), os.path.join(root, "val.txt"))
     stamp = _read_stamp(root)
     if stamp == want and all(os.path.isfile(p) for p in lists) and not args.force:
@@ -232,9 +338,14 @@ def main(argv=None):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(root))}.tmp_", dir=parent)
     try:
-        print(f"[prepare_data] building {source} data ({N_TRAIN} train / {N_VAL} val, {SIZE}x{SIZE}, "
-              f"{info['num_classes']} classes, ignore {info['ignore_index']}) -> {root}", flush=True)
-        if source == "shared":
+        print(f"[prepare_data] building {source} {task} data ({N_TRAIN} train / {N_VAL} val, {size}x{size}, "
+              f"{info['num_classes']} classes" + (f", ignore {info['ignore_index']}" if task != "cls" else "")
+              + f") -> {root}", flush=True)
+        if task == "cls" and source == "shared":
+            build_shared_cls(tmp, info, coco_root)
+        elif task == "cls":
+            build_synthetic_cls(tmp, info)
+        elif source == "shared":
             build_shared(tmp, info, coco_root)
         else:
             build_synthetic(tmp, info)
@@ -251,9 +362,13 @@ def main(argv=None):
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
 
-    from paddle_rs.data.datasets import read_seg_file_list
-    n_tr = len(read_seg_file_list(lists[0], root))
-    n_va = len(read_seg_file_list(lists[1], root))
+    from paddle_rs.data.datasets import read_class_names, read_cls_split, read_seg_file_list
+    if task == "cls":
+        names = read_class_names(os.path.join(root, "cls_names.txt"))
+        n_tr, n_va = len(read_cls_split(lists[0], root, names)), len(read_cls_split(lists[1], root, names))
+    else:
+        n_tr = len(read_seg_file_list(lists[0], root))
+        n_va = len(read_seg_file_list(lists[1], root))
     print(f"[prepare_data] done: {n_tr} train / {n_va} val samples in {root} (source {source})")
     return 0
 

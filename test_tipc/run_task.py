@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """TIPC training entry point (tipc.md §5.4), a thin wrapper over the project's training engine.
 
-  python test_tipc/run_task.py train seg --config=<yaml> [--save_dir=DIR] [--num_epochs=N]
+  python test_tipc/run_task.py train seg|cls --config=<yaml> [--save_dir=DIR] [--num_epochs=N]
                                [--train_batch_size=N] [--model_path=W.pdparams] [--precision=null|fp32|amp]
                                [--<key>=<value> ...] [--<a.b>=<value> ...]
 
@@ -28,14 +28,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 COMMANDS = ("train",)
-TASKS = ("seg",)
+TASKS = ("seg", "cls")
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("cmd", choices=COMMANDS, help="only 'train' (evaluation runs inside training)")
-    p.add_argument("task", choices=TASKS, help="task type (seg)")
+    p.add_argument("task", choices=TASKS, help="task type (seg | cls)")
     p.add_argument("--config", required=True, help="training YAML")
     p.add_argument("--save_dir", default=None, help="output directory (default: the config's save_dir)")
     p.add_argument("--precision", default=None, help="autocast: null / fp32 (fp32 training) or amp")
@@ -69,6 +69,12 @@ def main(argv=None):
     from paddle_rs.engine.trainer import NonFiniteLossError, Trainer
 
     task = cfg.get("task")
+    if task is None:                 # the registry entry's task (the trainer's default)
+        from paddle_rs.registry import get_entry
+        try:
+            task = get_entry((cfg.get("model") or {}).get("name")).task
+        except KeyError:
+            task = None
     if task is not None and task != args.task:
         print(f"[run_task] error: the config's task is {task!r}, the command line says {args.task!r}",
               file=sys.stderr)

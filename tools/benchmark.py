@@ -1,12 +1,17 @@
 """Time the Paddle port against the torch reference in one run, on the same threads, and report ratios.
 
     python tools/benchmark.py --model factseg [--batch 2] [--size 256] [--threads 2] [--repeat 5]
+    python tools/benchmark.py --model rsmamba_b --scan_scaling [--lengths 196,784,3136]
 
 Measures, with the same weights and inputs: torch eager forward (eval), Paddle dygraph
 forward (eval), one training step each (forward + the model's real loss + backward +
 optimizer step) and the Paddle Inference forward of the exported graph (oneDNN off,
 porting.md §5). Prints medians and the ratios paddle/torch (< 1 means Paddle is faster)
 and inference/dygraph; ``--json`` writes them to a file.
+
+``--scan_scaling``: instead, the family's ``scan_scaling`` hook (align/cases/<family>.py) times its sequence
+operator alone at several lengths, forward and forward + backward in both frameworks (RSMamba: the selective
+scan of one layer), and prints one row per length.
 """
 import argparse
 import json
@@ -41,6 +46,9 @@ def main(argv=None):
     ap.add_argument("--no_train", action="store_true", help="skip the training-step timing")
     ap.add_argument("--no_inference", action="store_true", help="skip the Paddle Inference timing")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--scan_scaling", action="store_true",
+                    help="time the family's sequence operator alone at --lengths (case hook scan_scaling)")
+    ap.add_argument("--lengths", default=None, help="comma-separated lengths for --scan_scaling (hook default)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
@@ -51,6 +59,8 @@ def main(argv=None):
     from align.cases import get_case
     torch.set_num_threads(args.threads)
     case = get_case(args.model, size=args.size)
+    if args.scan_scaling:
+        return scan_scaling(case, args)
     x, y = case.bench_batch(args.batch)
     tm, pm = case.build_pair()
     tx, px = case.to_torch(x), case.to_paddle(x)
@@ -96,6 +106,29 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
+    return 0
+
+
+def scan_scaling(case, args):
+    if not hasattr(case, "scan_scaling"):
+        print(f"error: the parity case of {args.model} has no scan_scaling hook", file=sys.stderr)
+        return 2
+    kw = {"repeat": args.repeat, "timeit": lambda fn, n: timeit(fn, n, warmup=1)}
+    if args.lengths:
+        kw["lengths"] = tuple(int(v) for v in args.lengths.split(","))
+    rows = case.scan_scaling(**kw)
+    keys = [k for k in rows[0] if k.endswith("_s")]
+    print(f"\n{args.model}: sequence-operator scaling, {args.threads} threads, median of {args.repeat} (ms)")
+    diffs = [k for k in rows[0] if k.startswith("max_") and k.endswith("_diff")]
+    print(f"{'L':>6} " + " ".join(f"{k[:-2]:>16}" for k in keys) + f" {'fwd p/t':>8} {'f+b p/t':>8} "
+          + " ".join(f"{k:>12}" for k in diffs))
+    for r in rows:
+        print(f"{r['L']:>6} " + " ".join(f"{r[k] * 1e3:16.1f}" for k in keys)
+              + f" {r['paddle_fwd_s'] / r['torch_fwd_s']:8.2f} {r['paddle_fwd_bwd_s'] / r['torch_fwd_bwd_s']:8.2f} "
+              + " ".join(f"{r[k]:12.2e}" for k in diffs))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "threads": args.threads, "scan_scaling": rows}, f, indent=1)
     return 0
 
 

@@ -283,10 +283,27 @@ def make_export_model_yml(model: nn.Layer, model_info: Optional[Dict], fixed_sha
     attrs["score_kind"] = "probabilities"
     attrs["net_outputs"] = "probabilities" if probs else "logits"
     attrs["fixed_input_shape"] = list(fixed_shape) if fixed_shape is not None else None
+    _record_perm_seed(model, info)
     info["Transforms"] = build_export_transforms(transforms, fixed_shape)
     info["status"] = "Infer"
     info["version"] = __version__
     return info
+
+
+def _record_perm_seed(model: nn.Layer, info: Dict) -> None:
+    """Networks with shuffle permutations (RSMamba's ``perm_seed``): record the seed the built network holds in
+    ``_init_params`` (and ``_Attributes``), so ``model.yml`` rebuilds exactly the exported permutation set; a
+    network without a fixed set exports in-graph ``randperm`` (non-deterministic), which is warned about."""
+    holder = next((m for m in [model] + list(model.sublayers()) if hasattr(m, "perm_seed")), None)
+    if holder is None:
+        return
+    seed = holder.perm_seed
+    info.setdefault("_init_params", {})["perm_seed"] = None if seed is None else int(seed)
+    info["_Attributes"]["perm_seed"] = None if seed is None else int(seed)
+    if seed is None:
+        warnings.warn(f"{type(model).__name__} has no fixed permutation set (perm_seed=None): the export draws "
+                      f"random shuffle permutations on every run; build it with perm_seed=<int> for a "
+                      f"deterministic model")
 
 
 # --------------------------------------------------------------------------------------------------------

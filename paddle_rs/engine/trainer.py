@@ -783,3 +783,6 @@ class Trainer:
 def train(cfg: Dict, save_dir: Optional[str] = None, resume=False, **kw) -> Dict:
     """``Trainer(cfg, save_dir, resume, **kw).train()``."""
     return Trainer(cfg, save_dir=save_dir, resume=resume, **kw).train()
+
+
+from . import cls_task  # noqa: E402,F401  (registers task 'cls' and its evaluator; imports this module)

@@ -48,6 +48,11 @@ class RSMamba(nn.Module):
     def num_tokens(self):
         return self.backbone.num_patches
 
+    @property
+    def default_input_size(self):
+        """The input side the model takes (``pos_embed`` is not interpolated); used by ``convert/ --verify``."""
+        return self.backbone.img_size[0]
+
     def make_perms(self, seed):
         """Permutation set for this model's ``[num_layers, L]``."""
         return make_perms(self.backbone.num_layers, self.backbone.num_patches, seed)
