@@ -12,6 +12,11 @@ Inference of one image (factseg.md §6.1), for each view (the image, plus its ho
    and summed; the sum is divided by the per-pixel window count;
 4. the merge space turns the average into probabilities.
 
+With ``rescale=True`` (mmseg ``rescale``/``ori_shape``) the averaged output of each view is resized
+(bilinear, align_corners=False, before the merge space's softmax) to the size of the dataset's *untransformed*
+label (``dataset.load(i)['mask']``), which the metric then uses: eval transforms that resize/pad the image
+(RSP iSAID: keep-ratio resize + pad to 896) are then scored against the original label as mmseg does.
+
 The view probabilities are averaged (the flipped one flipped back) and ``argmax`` over C gives the label
 map. Merge spaces (pluggable via :func:`register_merge_space`):
 
@@ -122,7 +127,7 @@ class SegEvaluator:
     def __init__(self, num_classes: int, ignore_index: int = 255, nan_policy: str = "nan", mode: str = "slide",
                  window=896, stride=512, flip: bool = False, merge: str = "prob", pad_value: float = 0.0,
                  size_divisor: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
-                 progress: bool = False):
+                 progress: bool = False, rescale: bool = False):
         if mode not in ("whole", "slide"):
             raise ValueError(f"eval mode must be 'whole' or 'slide', got {mode!r}")
         if merge not in MERGE_SPACES:
@@ -139,6 +144,7 @@ class SegEvaluator:
         self.class_names = list(class_names) if class_names is not None else \
             [f"class_{i}" for i in range(self.num_classes)]
         self.progress = progress
+        self.rescale = bool(rescale)
 
     @classmethod
     def from_config(cls, cfg: Dict, **overrides) -> "SegEvaluator":
@@ -149,7 +155,8 @@ class SegEvaluator:
                   nan_policy=ev.get("nan_policy", "nan"), mode=ev.get("mode", "slide"),
                   window=ev.get("window", 896), stride=ev.get("stride", 512), flip=ev.get("flip", False),
                   merge=ev.get("merge", "prob"), pad_value=ev.get("pad_value", 0.0),
-                  size_divisor=ev.get("size_divisor"), class_names=cfg.get("labels"))
+                  size_divisor=ev.get("size_divisor"), class_names=cfg.get("labels"),
+                  rescale=ev.get("rescale", False))
         kw.update(overrides)
         return cls(**kw)
 
@@ -164,7 +171,7 @@ class SegEvaluator:
             return int(self.size_divisor)
         return int(getattr(_unwrap(model), "size_divisor", 1) or 1)
 
-    def _infer_view(self, model, image: np.ndarray) -> np.ndarray:
+    def _infer_view(self, model, image: np.ndarray, out_size=None) -> np.ndarray:
         net = _unwrap(model)
         self.merge.check(net)
         divisor = self._divisor(net)
@@ -183,10 +190,15 @@ class SegEvaluator:
                 acc = np.zeros((m.shape[0], h, w), dtype=np.float32)
             acc[:, win.y:win.y + win.h, win.x:win.x + win.w] += m
             count[win.y:win.y + win.h, win.x:win.x + win.w] += 1.0
-        return self.merge.finalize(acc / count[None])
+        merged = acc / count[None]
+        if out_size is not None and tuple(out_size) != (h, w):      # mmseg: resize to ori_shape, then softmax
+            merged = F.interpolate(paddle.to_tensor(merged[None]), size=[int(v) for v in out_size],
+                                   mode="bilinear", align_corners=False)[0].numpy()
+        return self.merge.finalize(merged)
 
-    def predict(self, model, image) -> np.ndarray:
-        """Probabilities [C,H,W] (float32) for one normalised CHW image (numpy or paddle)."""
+    def predict(self, model, image, out_size=None) -> np.ndarray:
+        """Probabilities [C,H,W] (float32) for one normalised CHW image (numpy or paddle); ``out_size``
+        [H', W']: resize each view's merged output to it first (``rescale``)."""
         if isinstance(image, paddle.Tensor):
             image = image.numpy()
         image = np.asarray(image, dtype=np.float32)
@@ -198,9 +210,9 @@ class SegEvaluator:
         model.eval()
         try:
             with paddle.no_grad():
-                probs = self._infer_view(model, image)
+                probs = self._infer_view(model, image, out_size)
                 if self.flip:
-                    flipped = self._infer_view(model, np.ascontiguousarray(image[:, :, ::-1]))
+                    flipped = self._infer_view(model, np.ascontiguousarray(image[:, :, ::-1]), out_size)
                     probs = (probs + flipped[:, :, ::-1]) / 2.0
         finally:
             if was_training:
@@ -223,14 +235,17 @@ class SegEvaluator:
                 pass
         for i in it:
             image, mask = dataset[i]
-            probs = self.predict(model, image)
+            if self.rescale:                     # score against the untransformed label (mmseg ori_shape)
+                mask = dataset.load(i)["mask"]
+            probs = self.predict(model, image, out_size=np.shape(mask)[-2:] if self.rescale else None)
             if probs.shape[0] != self.num_classes:
                 raise ValueError(f"model predicts {probs.shape[0]} classes, the config says {self.num_classes}")
             metric.update(probs.argmax(0).astype(np.int64), np.asarray(mask, dtype=np.int64))
         res = metric.compute()
         out = {k: (float(v) if np.ndim(v) == 0 else [float(x) for x in np.asarray(v)]) for k, v in res.items()}
         out.update(confusion_matrix=metric.cm.tolist(), class_names=self.class_names, num_images=n,
-                   nan_policy=self.nan_policy, mode=self.mode, merge=self.merge.name, flip=self.flip)
+                   nan_policy=self.nan_policy, mode=self.mode, merge=self.merge.name, flip=self.flip,
+                   rescale=self.rescale)
         if self.mode == "slide":
             out.update(window=self.window, stride=self.stride)
         if verbose:
