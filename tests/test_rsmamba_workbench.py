@@ -608,6 +608,29 @@ def test_export_rsmamba_b_224_inference_parity(tmp_path):
 
 @pytest.mark.slow
 def test_tipc_lite_chain_rsmamba_b(tmp_path):
-    r = subprocess.run(["bash", os.path.join(ROOT, "test_tipc", "run.sh"), "lite_train_lite_infer", "rsmamba_b"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    """``bash test_tipc/run.sh lite_train_lite_infer rsmamba_b`` on a scratch tree (links to the repository, a copy
+    of test_tipc/ without output/ and data/, ../shared linked), as tests/test_tipc.py does for FactSeg."""
+    import shutil
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in os.listdir(ROOT):
+        if name != "test_tipc" and not name.startswith("."):
+            os.symlink(os.path.join(ROOT, name), repo / name)
+    shutil.copytree(os.path.join(ROOT, "test_tipc"), repo / "test_tipc",
+                    ignore=shutil.ignore_patterns("output", "data", "__pycache__"))
+    shared = os.path.join(os.path.dirname(ROOT), "shared")
+    if os.path.isdir(shared):
+        os.symlink(shared, tmp_path / "shared")
+    r = subprocess.run(["bash", "test_tipc/run.sh", "lite_train_lite_infer", "rsmamba_b"], cwd=str(repo),
+                       capture_output=True, text=True, timeout=3600, env=dict(os.environ, TIPC_PYTHON=sys.executable))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    out = repo / "test_tipc" / "output" / "rsmamba_b"
+    log = (out / "results_python.log").read_text()
+    assert log.count("Run successfully") == 4 and "Run failed" not in log
+    static = out / "lite_train_lite_infer" / "norm_gpus_-1_autocast_null" / "static"
+    from paddle_rs.deploy.model_yml import read_model_yml
+    info = read_model_yml(str(static))
+    assert info["_Attributes"]["model_type"] == "classifier" and info["_init_params"]["perm_seed"] == 1024
+    infer_log = (out / "lite_train_lite_infer" /
+                 "python_infer_cpu_usemkldnn_False_threads_2_precision_fp32_batchsize_1.log").read_text()
+    assert "all 2 image(s) passed" in infer_log and "top-k [" in infer_log
