@@ -81,7 +81,11 @@ KNOWN = {d.id: d for d in [
         "torch fp64) by 1.0e-2 (R50), 1.4e-3 (Swin-T) and 2.5e-3 (ViTAEv2-S) relative in the loss; Paddle fp32 vs "
         "torch fp32: 2.6e-3, 6.6e-4, 3.2e-3 relative (at most 5.9e-3 abs), gradient norm per step up to 6.6 abs "
         "(of 2-11), parameters after 10 steps 7.1e-3 / 1.6e-4 / 2.4e-4 max abs (reference vs itself 1.1e-2 / "
-        "1.8e-4 / 2.2e-4). The recipe itself is checked strictly on the probe network (probe_* keys)", 3e-2,
+        "1.8e-4 / 2.2e-4). It is not precision: in float64 both frameworks start equal (step-0 loss <= 1.7e-12, "
+        "gradient norm <= 6.7e-9 relative: Paddle's float32 bilinear weights, D8) and the trajectory still amplifies "
+        "that ~10x per step (ReLU / max-pool / train-mode BN on 4x4 maps): the losses stay within 1e-5 relative for "
+        "5 / 9 / 7 of the 10 steps and end 3.0e-3 / 3.8e-5 / 1.6e-4 apart (train64_* keys). The recipe itself is "
+        "checked strictly on the probe network (probe_* keys)", 3e-2,
         per_key=(("loss_per_step", 1e-2, "rel"), ("grad_norm_per_step", 1.5, "rel"),
                  ("params_after_steps", 3e-2, "abs"))),
     KnownDivergence(

@@ -48,9 +48,11 @@ PARAM = Tol(atol=1e-5)
 
 NUM_CLASSES = 21
 BATCH_AUGMENTS = {"augments": [{"type": "Mixup", "alpha": 0.8}, {"type": "CutMix", "alpha": 1.0}], "probs": None}
-RECIPE = {  # configs/rsmamba_b/*.yaml; the 500-epoch schedule compressed to the parity run's length
+RECIPE = {  # configs/rsmamba_b/*.yaml; the 500-epoch schedule compressed to the parity run's length: 4 warm-up
+    # iterations (per-iteration LinearLR), then the cosine stepped per "epoch" of 2 iterations (mmengine chain)
     "optimizer": {"type": "AdamW", "lr": 5e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.05},
-    "lr_scheduler": {"type": "cosine", "warmup_iters": 4, "warmup_ratio": 1e-3, "end_lr": 1e-5},
+    "lr_scheduler": {"type": "cosine", "by_epoch": True, "iters_per_epoch": 2, "warmup_iters": 4,
+                     "warmup_ratio": 1e-3, "end_lr": 1e-5},
     "loss": {"type": "LabelSmoothLoss", "label_smooth_val": 0.1, "mode": "original"},
 }
 

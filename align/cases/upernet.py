@@ -27,7 +27,8 @@ Stages (``python align/0x_*.py --model upernet_r50,upernet_swin_t,upernet_vitaev
   checked against an independent numpy transcription of mmseg (:func:`mmseg_metrics`);
 * loss: ``UperNetLoss`` (decode CE + 0.4 aux CE, mmseg 0.21 mean over all pixels) on fixed logits (Potsdam and
   iSAID flavours; 1e-6 relative) and its gradients w.r.t. the logits; the loss of the full model in train mode
-  and the parameter gradients of the layers named in spec §13 (1e-4 relative to the tensor's max);
+  (1e-6 relative) and the parameter gradients of the layers named in spec §13: strictly (1e-4 relative to the
+  tensor's max) in float64 (``grad64_*``), and in fp32 under D11 (``grad_rel_*``, global norm);
 * backward: 10 steps of the model's real optimizer (from ``configs/<model>/potsdam.yaml``: SGD momentum 0.9 wd
   5e-4 poly 0.9 to 1e-4 for R50; AdamW 6e-5 wd 0.01 with no decay for norm / bias tables, warm-up poly 1.0
   for Swin / ViTAE) in train mode with drop path and dropout off, on one fixed batch: loss per step (1e-5
@@ -40,7 +41,8 @@ Measured limits (align/known_divergences.py): fp32 parameter gradients of these 
 noisy in the reference itself (D11: torch fp32 vs torch fp64 up to 8.5e-3 of a tensor's max on R50), so the
 spec's 1e-4 gradient check is made in float64, and the full-model 10-step trajectories part after 2-4 steps in
 both frameworks alike (D12: reference vs itself 1.0e-2 / 1.4e-3 / 2.5e-3 relative loss gap; Paddle vs torch
-2.6e-3 / 6.6e-4 / 3.2e-3). Step 0 and the LR sequence are strict.
+2.6e-3 / 6.6e-4 / 3.2e-3). Step 0 and the LR sequence are strict. On the AdamW probe, the one parameter whose
+exact gradient is 0 (a conv bias before train-mode BN) moves by +-lr from rounding noise (D13).
 """
 import copy
 import os
@@ -226,6 +228,11 @@ class UperNetCase(ParityCase):
         return x, y
 
     def train_step_fns(self, tm, pm, x, y):
+        """One real training step per framework (the config's optimizer, schedule and UperNetLoss). With batch 1
+        the BatchNorms run on their running statistics (torch cannot normalise the PPM's 1x1 map of one image)."""
+        import paddle
+        import torch
+
         from paddle_rs.engine.optim import build_optimizer as p_opt
         from paddle_rs.losses import build_loss as p_build
         from paddle_rs.losses.seg_ce import total_loss as p_total
@@ -235,6 +242,13 @@ class UperNetCase(ParityCase):
         from torch_ref.losses.seg_ce import total_loss as t_total
         r = self.recipe
         tm.train(), pm.train()
+        if len(x) < 2:   # torch refuses train-mode BN with 1 value per channel (PPM scale 1): use running stats
+            for m in tm.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
+            for m in pm.sublayers():
+                if isinstance(m, paddle.nn.BatchNorm2D):
+                    m.eval()
         topt, tsched, max_norm = t_opt(tm, r["optimizer"], r["lr_scheduler"], 80000)
         popt, psched = p_opt(pm, r["optimizer"], r["lr_scheduler"], 80000)
         tl, pl = t_build(r["loss"]), p_build(r["loss"])
@@ -545,11 +559,24 @@ class UperNetCase(ParityCase):
         log.add("train_grad_norm_per_step", t["grad_norm"], p["grad_norm"], GRAD_NORM, known="D12")
         t_params, p_params = self.trainable_params(tm, pm)
         log.add("train_params_after_steps", t_params, p_params, PARAM, known="D12")
-        # the reference against itself: torch fp64 from the same weights, same recipe
-        tm64, _ = self.build_pair(dtype="float64")
-        tm64.train()
-        t64 = train_pair(tm64, None, recipe, self.x, self.y, self.steps, torch_only=True)["t"]
-        t64_params = np.concatenate([q.detach().numpy().ravel() for q in tm64.parameters() if q.requires_grad])
+        # float64, both frameworks from the same weights and recipe: with the rounding noise gone the two
+        # trajectories must agree to the issue's tolerance; torch fp64 is also the reference's own noise floor
+        tm64, pm64 = self.build_pair(dtype="float64")
+        tm64.train(), pm64.train()
+        r64 = train_pair(tm64, pm64, recipe, self.x, self.y, self.steps)
+        t64, p64 = r64["t"], r64["p"]
+        # step 0 agrees to Paddle's float32 interpolation weights (D8, ~1e-9 relative); the chaotic trajectory then
+        # amplifies that ~10x per step in float64 as well (D12)
+        log.add("train64_loss_step0", t64["loss"][:1], p64["loss"][:1], Tol(rtol=1e-7))
+        log.add("train64_grad_norm_step0", t64["grad_norm"][:1], p64["grad_norm"][:1], Tol(rtol=1e-7))
+        log.add("train64_loss_per_step", t64["loss"], p64["loss"], STEP_LOSS, known="D12")
+        t64_params, p64_params = self.trainable_params(tm64, pm64)
+        log.add("train64_params_after_steps", t64_params, p64_params, PARAM, known="D12")
+        first = int(np.argmax(np.abs(p64["loss"] - t64["loss"]) > 1e-5 * np.abs(t64["loss"]))) \
+            if np.any(np.abs(p64["loss"] - t64["loss"]) > 1e-5 * np.abs(t64["loss"])) else self.steps
+        rel64 = np.abs(p64["grad_norm"] - t64["grad_norm"]) / t64["grad_norm"]
+        log.notes.append(f"float64, paddle vs torch: relative gradient-norm gap per step {' '.join(f'{v:.0e}' for v in rel64)}; "
+                         f"losses within 1e-5 relative for the first {first} of {self.steps} steps")
         gap_ref = float(np.max(np.abs(t["loss"] - t64["loss"]) / np.abs(t64["loss"])))
         gap_port = float(np.max(np.abs(p["loss"] - t["loss"]) / np.abs(t["loss"])))
         gap_p64 = float(np.max(np.abs(p["loss"] - t64["loss"]) / np.abs(t64["loss"])))
