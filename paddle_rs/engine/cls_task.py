@@ -12,7 +12,8 @@ Config keys used here (on top of the trainer's schema)::
                                             # CenterCrop, Normalize (numpy transforms)
     batch_augments: {augments: [{type: Mixup, alpha: 0.8}, {type: CutMix, alpha: 1.0}], probs: null} | null
     loss:   {type: LabelSmoothLoss, label_smooth_val: 0.1, mode: original}
-    lr_scheduler: {..., warmup_epochs: 10}  # converted to warmup_iters once the iterations per epoch are known
+    lr_scheduler: {..., warmup_epochs: 10,  # converted to warmup_iters once the iterations per epoch are known
+                   by_epoch: true}      # + iters_per_epoch: warm-up per iteration, cosine per epoch (mmengine)
     train:  {metric_for_best: macro_f1 (default), shuffle_perms: random | fixed,
              eval_interval_epochs, save_interval_epochs}      # converted to eval_interval / save_interval
     eval:   {batch_size: 16, perm_seed: null | int}
@@ -236,10 +237,12 @@ class ClsTask:
         sched = self.cfg.get("lr_scheduler") or {}
         pairs = [(sched, "warmup_epochs", "warmup_iters"), (tr, "eval_interval_epochs", "eval_interval"),
                  (tr, "save_interval_epochs", "save_interval")]
-        if all(sec.get(k) is None for sec, k, _ in pairs):
+        if all(sec.get(k) is None for sec, k, _ in pairs) and not sched.get("by_epoch"):
             return
         ipe = ResumableBatchSampler(num_samples, int(tr.get("batch_size", 8)), drop_last=tr.get("drop_last", True),
                                     world_size=paddle.distributed.get_world_size()).iters_per_epoch
+        if sched.get("by_epoch"):          # the schedule is stepped per epoch after the warm-up (engine/optim.py)
+            sched["iters_per_epoch"] = ipe
         for sec, key, target in pairs:
             v = sec.pop(key, None)
             if v is not None:

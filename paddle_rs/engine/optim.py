@@ -8,7 +8,8 @@ Config (``optimizer`` and ``lr_scheduler`` sections of configs/*.yaml)::
     optimizer:    {type: Momentum | AdamW, lr, momentum, weight_decay, betas, eps,
                    grad_clip: <max global L2 norm> | null,
                    paramwise: {norm_decay_mult, bias_decay_mult, custom_keys: {substr: {decay_mult, lr_mult}}}}
-    lr_scheduler: {type: poly | cosine | constant, power, end_lr, warmup_iters, warmup_ratio}
+    lr_scheduler: {type: poly | cosine | constant, power, end_lr, warmup_iters, warmup_ratio,
+                   by_epoch (+ iters_per_epoch): warm-up per iteration, then the schedule per epoch}
 
 Notes (porting.md §4): coupled L2 for Momentum (torch SGD weight_decay),
 ``ClipGradByGlobalNorm`` (torch ``clip_grad_norm_``), ``PolynomialDecay`` with
@@ -22,14 +23,14 @@ import paddle
 
 def build_scheduler(cfg, base_lr, total_iters):
     kind = cfg.get("type", "poly")
-    warm = int(cfg.get("warmup_iters", 0))
+    explicit = int(cfg.get("warmup_iters", 0)) > 0 or bool(cfg.get("by_epoch"))   # -> schedule_factor
     end_lr = float(cfg.get("end_lr", 0.0))
-    if kind == "poly" and not warm:
+    if kind == "poly" and not explicit:
         return paddle.optimizer.lr.PolynomialDecay(base_lr, decay_steps=total_iters, power=cfg.get("power", 0.9),
                                                    end_lr=end_lr)
-    if kind == "cosine" and not warm:
+    if kind == "cosine" and not explicit:
         return paddle.optimizer.lr.CosineAnnealingDecay(base_lr, T_max=total_iters, eta_min=end_lr)
-    if kind == "constant" and not warm:
+    if kind == "constant" and not explicit:
         return paddle.optimizer.lr.LambdaDecay(base_lr, lambda t: 1.0)
     return paddle.optimizer.lr.LambdaDecay(base_lr, lambda t: schedule_factor(cfg, base_lr, t, total_iters))
 
@@ -38,6 +39,8 @@ def schedule_factor(cfg, base_lr, t, total_iters):
     """Explicit formula (used with warm-up): mmcv warm-up scales the decayed LR (porting.md §4)."""
     kind = cfg.get("type", "poly")
     end_lr = float(cfg.get("end_lr", 0.0))
+    if cfg.get("by_epoch"):
+        return _epoch_chain_factor(cfg, base_lr, t, total_iters)
     tt = min(t, total_iters)
     if kind == "poly":
         lr = (base_lr - end_lr) * (1 - tt / total_iters) ** cfg.get("power", 0.9) + end_lr
@@ -49,6 +52,36 @@ def schedule_factor(cfg, base_lr, t, total_iters):
     if warm and t < warm:
         ratio = float(cfg.get("warmup_ratio", 1e-6))
         lr = lr * (1 - (1 - t / warm) * (1 - ratio))
+    return lr / base_lr
+
+
+def _epoch_chain_factor(cfg, base_lr, t, total_iters):
+    """``by_epoch: true`` -- mmengine's chain of two schedulers (RSMamba, rsmamba.md §7):
+
+    * iterations ``t < warmup_iters``: ``LinearLR(start_factor=warmup_ratio)`` converted to iterations, i.e.
+      ``ratio + (1 - ratio) * t / (warmup_iters - 1)`` (mmengine's ``total_iters = end - begin - 1``: the factor
+      reaches 1 on the warm-up's last iteration); the main schedule is not active yet;
+    * afterwards the main schedule (``cosine`` / ``poly`` / ``constant``) begins at the end of the warm-up and is
+      stepped per epoch: constant within an epoch, ``e = (t - warmup_iters) // iters_per_epoch`` of
+      ``(total_iters - warmup_iters) / iters_per_epoch`` epochs (CosineAnnealingLR's ``T_max = end - begin``).
+    """
+    kind = cfg.get("type", "poly")
+    end_lr = float(cfg.get("end_lr", 0.0))
+    ipe = int(cfg.get("iters_per_epoch") or 0)
+    if ipe <= 0:
+        raise ValueError("lr_scheduler.by_epoch needs iters_per_epoch (set by the task from the dataset size)")
+    warm = int(cfg.get("warmup_iters", 0))
+    if t < warm:
+        ratio = float(cfg.get("warmup_ratio", 1e-6))
+        return ratio + (1 - ratio) * t / max(warm - 1, 1) if warm > 1 else 1.0
+    epochs = max((total_iters - warm) / ipe, 1e-12)
+    e = min((t - warm) // ipe, epochs)
+    if kind == "cosine":
+        lr = end_lr + (base_lr - end_lr) * 0.5 * (1 + math.cos(math.pi * e / epochs))
+    elif kind == "poly":
+        lr = (base_lr - end_lr) * (1 - e / epochs) ** cfg.get("power", 0.9) + end_lr
+    else:
+        lr = base_lr
     return lr / base_lr
 
 
