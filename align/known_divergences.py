@@ -89,19 +89,6 @@ KNOWN = {d.id: d for d in [
         per_key=(("loss_per_step", 1e-2, "rel"), ("grad_norm_per_step", 1.5, "rel"),
                  ("params_after_steps", 3e-2, "abs"))),
     KnownDivergence(
-        "D20", "Paddle CPU sums accumulate sequentially in fp32; RSMamba's gate gradients amplify it",
-        "Paddle's CPU reduce_sum and the gradient of a broadcast multiply (reduction over the broadcast axes) add "
-        "the terms one after another in fp32 (bit-identical to a sequential numpy cumsum; torch uses cascade "
-        "summation): summing 2x784x192 products gives 3e-6..6e-5 relative error in Paddle vs 1e-7..1.4e-6 in "
-        "torch. In RSMamba each path's gate weight gets d/dg_k = sum over L x D of dout * path_k (150k terms), then "
-        "the softmax Jacobian subtracts the nearly equal sum_j g_j d/dg_j (cancellation), so the gate_layers.*.0 "
-        "weight gradients (max |g| ~1e-5, five orders below the other gradients) differ by up to 1.5e-4 of the "
-        "tensor's max at 2x3x224x224 (rsmamba_b, one CutMix batch), while torch fp32 vs torch fp64 differs by "
-        "7.6e-6 and Paddle fp32 vs torch fp64 by 1.5e-4: the error is Paddle's, in the summation order, not in the "
-        "port's math (every other gradient tensor agrees to <2.3e-5 of its max; 10 AdamW steps agree to 3.7e-6 "
-        "in the loss). Fix belongs in paddle_rs/models/backbones/mamba.py (e.g. the gated sum as a matmul, or "
-        "fp64 accumulation of the gate reduction)", 3e-4),
-    KnownDivergence(
         "D13", "AdamW moves a parameter whose exact gradient is 0 by +-lr per step from rounding noise",
         "a conv bias followed by train-mode BatchNorm has a mathematically zero gradient (BN removes the mean); "
         "each framework computes ~1e-10 of noise there, and AdamW's normalised update m/(sqrt(v)+eps) turns any "
