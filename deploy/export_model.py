@@ -59,6 +59,10 @@ def build_parser():
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="(a) constructor override passed to build_model, repeatable (e.g. num_classes=10)")
     p.add_argument("--labels", help="(a) labels.txt, one class name per line")
+    p.add_argument("--scan", choices=("auto", "fused", "loop"), default="auto",
+                   help="selective-scan backend of Mamba models in the graph: the fused C++ op (auto: when it "
+                        "builds here; recorded in model.yml, Predictor registers it) or the pure-Paddle loop "
+                        "(no custom op, ~4x slower)")
     p.add_argument("--legacy_twin", action="store_true",
                    help="also write a legacy model.pdmodel export into <save_dir>_legacy (FLAGS_enable_pir_api=0)")
     p.add_argument("--quiet", action="store_true")
@@ -70,6 +74,7 @@ def main(argv=None):
     import paddle  # noqa: F401  (after argparse so --help is fast)
 
     from paddle_rs.deploy.export import build_from_model_dir, export, load_weights_strict
+    from paddle_rs.deploy.model_yml import read_model_yml
     from paddle_rs.registry import build_model, get_entry
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
@@ -100,13 +105,17 @@ def main(argv=None):
         if args.labels:
             model_info["labels"] = _read_labels(args.labels)
     model.eval()
-    out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info)
+    out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info, scan=args.scan)
+    scan = (read_model_yml(out).get("_Attributes") or {}).get("scan_backend")
+    if scan:
+        log(f"[export] selective scan in the graph: {scan}" + (" (custom op rs_selective_scan_fwd; Predictor "
+                                                               "registers it)" if scan == "fused" else ""))
     log(f"[export] wrote {', '.join(sorted(os.listdir(out)))} to {out}")
 
     if args.legacy_twin and os.environ.get("FLAGS_enable_pir_api", "1") not in ("0", "false", "False"):
         twin = out.rstrip(os.sep) + "_legacy"
         with tempfile.TemporaryDirectory() as td:
-            cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet"]
+            cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet", "--scan", args.scan]
             if args.model_dir:
                 cmd += ["--model_dir", args.model_dir] + (["--weights", args.weights] if args.weights else [])
             else:

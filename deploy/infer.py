@@ -28,6 +28,8 @@ def _str2bool(v):
         return True
     if v.lower() in ("false", "0", "no", "n"):
         return False
+    if v.lower() == "auto":
+        return None
     raise argparse.ArgumentTypeError(f"boolean expected, got {v!r}")
 
 
@@ -39,8 +41,8 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--gpu_id", type=int, default=0)
     p.add_argument("--cpu_threads", type=int, default=2)
-    p.add_argument("--enable_mkldnn", type=_str2bool, default=False,
-                   help="declined (with a warning) for PIR exports")
+    p.add_argument("--enable_mkldnn", type=_str2bool, default=None,
+                   help="oneDNN on/off; default auto: on unless the program holds interp ops (Paddle#79749)")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--tile", type=int, default=None, help="slider block size (forces slider_predict)")
     p.add_argument("--overlap", type=int, default=36, help="slider overlap in pixels")

@@ -17,6 +17,7 @@ if ROOT not in sys.path:
 
 paddle = pytest.importorskip("paddle")
 import paddle.nn as nn  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
 
 from paddle_rs.deploy import model_yml as my  # noqa: E402
 from paddle_rs.deploy.export import (InferNet, StrictLoadError, build_export_transforms, export,  # noqa: E402
@@ -329,13 +330,50 @@ def test_slider_predict_hand_computation(tiny_export, merge):
         np.testing.assert_allclose(whole["score_map"], pred.predict(img)[0]["score_map"], atol=1e-6)
 
 
-def test_predictor_declines_onednn_for_pir(tiny_export):
+class TinyInterp(TinySeg):
+    """TinySeg with a raw ``F.interpolate`` round trip: its PIR program holds interp ops."""
+    onednn_inference = True
+
+    def forward(self, x):
+        y = super().forward(x)
+        h, w = paddle.shape(y)[2], paddle.shape(y)[3]
+        return F.interpolate(F.interpolate(y, size=[h * 2, w * 2], mode="nearest"), size=[h, w], mode="nearest")
+
+
+class TinyOneDNN(TinySeg):
+    onednn_inference = True
+
+
+def test_predictor_onednn_policy(tmp_path, tiny_export):
+    """oneDNN: auto follows model.yml ``onednn`` (the class flag, and no interp op in the program); an explicit
+    request on a program with interp ops is declined with a warning (Paddle#79749); results match either way."""
+    from paddle_rs.deploy.model_yml import read_model_yml
     from paddle_rs.deploy.predictor import Predictor
 
-    net, d = tiny_export
+    info = {"task": "seg", "num_classes": 3, "transforms": IDENTITY_NORM}
+    img = np.random.default_rng(1).random((9, 11, 3)).astype(np.float32)
+    net, d = tiny_export                                  # class without the flag: auto = off
+    assert read_model_yml(d)["_Attributes"]["onednn"] is False
+    assert not Predictor(d).config.mkldnn_enabled()
+    pred = Predictor(d, enable_mkldnn=True)               # explicit request, no interp op: honoured
+    assert pred.config.mkldnn_enabled()
+    np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
+
+    net = TinyOneDNN()
+    net.eval()
+    d = export(net, tmp_path / "flag", None, info)
+    assert read_model_yml(d)["_Attributes"]["onednn"] is True
+    pred = Predictor(d)
+    assert pred.config.mkldnn_enabled()
+    np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
+
+    net = TinyInterp()
+    net.eval()
+    d = export(net, tmp_path / "interp", None, info)
+    assert read_model_yml(d)["_Attributes"]["onednn"] is False          # the program has interp ops
     with pytest.warns(UserWarning, match="oneDNN"):
         pred = Predictor(d, enable_mkldnn=True, enable_memory_optim=True)
-    img = np.random.default_rng(1).random((9, 11, 3)).astype(np.float32)
+    assert not pred.config.mkldnn_enabled()
     np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
 
 

@@ -458,6 +458,10 @@ def test_export_and_inference_parity(tmp_path, capsys):
     info = read_model_yml(out)
     assert info["_init_params"]["perm_seed"] == 7 and info["_Attributes"]["perm_seed"] == 7
     assert [next(iter(t)) for t in info["Transforms"]] == ["ResizeEdge", "CenterCrop", "Normalize"]
+    from paddle_rs.ops.selective_scan import fused_ext
+    fused = fused_ext() is not None            # the default export carries the fused scan op where it builds
+    assert info["_Attributes"]["scan_backend"] == ("fused" if fused else "loop")
+    assert info["_Attributes"]["custom_ops"] == (["rs_selective_scan_fwd"] if fused else [])
     pred = Predictor(out, cpu_threads=1, topk=2)
     rng = np.random.default_rng(5)
     for batch in (1, 2):
@@ -480,6 +484,37 @@ def test_export_and_inference_parity(tmp_path, capsys):
         ref = paddle.nn.functional.softmax(net(paddle.to_tensor(np.ascontiguousarray(x))), 1).numpy()[0]
     assert [t["class_id"] for t in top] == list(np.argsort(-ref)[:2])
     assert abs(top[0]["score"] - float(ref.max())) < 1e-4
+
+
+def test_export_scan_loop_and_fused_op_registration(tmp_path, monkeypatch):
+    """``scan='loop'`` exports the pure-Paddle while_loop (no custom op recorded) and matches dygraph; a fused
+    export loaded where the extension cannot be built fails with an error that names the fix."""
+    from paddle_rs.deploy.export import export
+    from paddle_rs.deploy.model_yml import read_model_yml
+    from paddle_rs.deploy.predictor import Predictor
+    from paddle_rs.models.rsmamba import RSMamba
+    from paddle_rs.ops import selective_scan as ss
+
+    paddle.seed(2)
+    net = RSMamba(arch=dict(embed_dims=32, num_layers=2, feedforward_channels=64), img_size=IMG, num_classes=3,
+                  perm_seed=3)
+    net.eval()
+    loop = export(net, tmp_path / "loop", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop")
+    attrs = read_model_yml(loop)["_Attributes"]
+    assert attrs["scan_backend"] == "loop" and attrs["custom_ops"] == []
+    assert "rs_selective_scan_fwd" not in open(os.path.join(loop, "model.json")).read()
+    x = np.random.default_rng(3).standard_normal((2, 3, IMG, IMG)).astype("float32")
+    _, score = Predictor(loop, cpu_threads=1).run_batch(x)
+    with paddle.no_grad():
+        ref = paddle.nn.functional.softmax(net(paddle.to_tensor(x)), 1).numpy()
+    assert np.abs(score - ref).max() < 1e-4
+    if ss.fused_ext() is None:
+        pytest.skip("fused selective-scan extension unavailable here")
+    fused = export(net, tmp_path / "fused", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="fused")
+    assert "rs_selective_scan_fwd" in open(os.path.join(fused, "model.json")).read()
+    monkeypatch.setitem(ss._EXT_STATE, "module", None)          # as on a machine without a compiler
+    with pytest.raises(RuntimeError, match="--scan loop"):
+        Predictor(fused, cpu_threads=1)
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from .model_yml import MODEL_TYPES, make_pipeline_yml, read_model_yml, write_mod
 __all__ = [
     "InferNet", "export", "parse_input_shape", "build_export_transforms", "make_export_model_yml",
     "load_weights_strict", "StrictLoadError", "build_from_model_dir", "resolve_registry_name",
-    "IMAGENET_MEAN", "IMAGENET_STD",
+    "IMAGENET_MEAN", "IMAGENET_STD", "resolve_scan_backend", "SCAN_OP",
 ]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -313,14 +313,61 @@ _EXPORT_FILES = ("model.json", "model.pdmodel", "model.pdiparams", "model.pdipar
                  "pipeline.yml")
 
 
+SCAN_OP = "rs_selective_scan_fwd"
+
+
+def _uses_selective_scan(model: nn.Layer) -> bool:
+    from paddle_rs.models.backbones.mamba import MambaMixer
+    return any(isinstance(m, MambaMixer) for m in [model] + list(model.sublayers()))
+
+
+def resolve_scan_backend(model: nn.Layer, scan: str = "auto") -> Optional[str]:
+    """The selective-scan implementation an export puts into the graph (None: the model has no scan).
+
+    ``auto``: the fused C++ op (:data:`SCAN_OP`; ~4x faster than the loop) when the extension builds here, else
+    the pure-Paddle ``while_loop`` with a warning. ``fused`` fails when the extension is unavailable; ``loop``
+    gives a graph that any Paddle Inference build runs without the custom op library.
+    """
+    if scan not in ("auto", "fused", "loop"):
+        raise ValueError(f"scan must be 'auto', 'fused' or 'loop', got {scan!r}")
+    if not _uses_selective_scan(model):
+        return None
+    if scan == "loop":
+        return "loop"
+    from paddle_rs.ops.selective_scan import fused_ext
+    if fused_ext() is not None:
+        return "fused"
+    if scan == "fused":
+        raise RuntimeError("scan='fused' requested but the fused selective-scan extension cannot be built here "
+                           "(see the warning above: a C++ compiler with OpenMP is needed); export with "
+                           "scan='loop' instead")
+    warnings.warn("the fused selective-scan extension is unavailable: exporting the pure-Paddle scan loop "
+                  "(correct, but Paddle Inference is then ~4x slower than with the fused op)")
+    return "loop"
+
+
+def _onednn_ready(model: nn.Layer, program_dir) -> bool:
+    """Whether the predictor may run this export with oneDNN (``model.yml`` ``_Attributes.onednn``): the network
+    class says its graph runs correctly with oneDNN (class attribute ``onednn_inference``, verified by its export
+    tests at two input sizes; RSMamba's does not: a oneDNN matmul pass mis-shapes it) and the PIR program holds no
+    ``*_interp`` op (Paddle#79749; :mod:`paddle_rs.ops.resize` keeps them out of paddle_rs exports)."""
+    if not getattr(type(model), "onednn_inference", False):
+        return False
+    from .predictor import has_interp_ops
+    program = os.path.join(program_dir, "model.json")
+    return not os.path.exists(program) or not has_interp_ops(program)   # legacy programs run interp with oneDNN
+
+
 def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dict] = None,
-           task: Optional[str] = None) -> str:
+           task: Optional[str] = None, scan: str = "auto") -> str:
     """Export ``model`` for Paddle Inference into ``save_dir`` (porting.md §5.1 recipe).
 
     ``input_shape``: None (``[None, C, -1, -1]``), ``[h, w]`` or ``[n, c, h, w]`` (``n = -1`` dynamic batch).
-    ``model_info``: see :func:`make_export_model_yml`. Files are written into a temporary sibling directory
-    and moved into place at the end, so a failed export leaves no half-written model behind.
-    Returns the absolute ``save_dir``.
+    ``model_info``: see :func:`make_export_model_yml`. ``scan``: selective-scan backend of Mamba models (see
+    :func:`resolve_scan_backend`); a fused export records ``custom_ops: [rs_selective_scan_fwd]`` in
+    ``model.yml``, and :class:`~paddle_rs.deploy.predictor.Predictor` registers the op before loading.
+    Files are written into a temporary sibling directory and moved into place at the end, so a failed export
+    leaves no half-written model behind. Returns the absolute ``save_dir``.
     """
     save_dir = os.path.abspath(os.fspath(save_dir))
     # in_channels may come from model_info; peek before shape parsing
@@ -329,6 +376,10 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
         (mi.get("_init_params") or mi.get("init_params") or {}).get("in_channels") or 3
     fixed = parse_input_shape(input_shape, int(in_ch))
     info = make_export_model_yml(model, model_info, fixed, task)
+    backend = resolve_scan_backend(model, scan)
+    if backend is not None:
+        info["_Attributes"]["scan_backend"] = backend
+        info["_Attributes"]["custom_ops"] = [SCAN_OP] if backend == "fused" else []
     task = {v: k for k, v in MODEL_TYPES.items()}.get(info["_Attributes"]["model_type"], "seg")
     c = int(info["_Attributes"]["in_channels"])
     if fixed is None:
@@ -341,11 +392,16 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     parent = os.path.dirname(save_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_export_", dir=parent)
+    prev_scan = None
     try:
+        if backend is not None:
+            from paddle_rs.ops.selective_scan import set_static_scan
+            prev_scan = set_static_scan(backend)
         net = InferNet(model, task=task)
         spec = [paddle.static.InputSpec(shape, "float32", name="image")]
         static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
         paddle.jit.save(static, os.path.join(tmp, "model"))
+        info["_Attributes"]["onednn"] = _onednn_ready(model, tmp)
         write_model_yml(os.path.join(tmp, "model.yml"), info)
         write_yaml(os.path.join(tmp, "pipeline.yml"),
                    make_pipeline_yml(save_dir, info["_Attributes"]["model_type"]))
@@ -361,6 +417,9 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
                 if f not in written and os.path.exists(os.path.join(save_dir, f)):
                     os.remove(os.path.join(save_dir, f))
     finally:
+        if prev_scan is not None:
+            from paddle_rs.ops.selective_scan import set_static_scan
+            set_static_scan(prev_scan)
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         if was_training:

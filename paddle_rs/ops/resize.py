@@ -1,0 +1,71 @@
+"""Export-friendly resize: ``F.interpolate`` in dygraph, two matmuls in a static graph.
+
+Why: Paddle Inference 3.3 cannot run a PIR program with oneDNN on once it holds a ``bilinear_interp`` /
+``nearest_interp`` op (``ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>``,
+Paddle#79749; porting.md §5.2), and without oneDNN Paddle Inference's CPU convolutions are ~1.7x slower than
+oneDNN's. A resize is linear and separable, ``y = A_h @ x @ A_w^T`` with interpolation matrices ``A [out, in]``
+(two non-zero weights per row for bilinear, one for nearest), so the exported graph expresses it with
+``arange`` / compare / ``matmul`` ops that oneDNN runs, and the predictor can turn oneDNN on
+(:mod:`paddle_rs.deploy.predictor`).
+
+Dygraph (training, evaluation, the parity checks) keeps ``F.interpolate`` itself, so nothing changes there. The
+matrices follow Paddle's / torch's index rules exactly:
+
+* bilinear, ``align_corners=False`` (torch default, Paddle ``align_mode=0``):
+  ``src = max((dst + 0.5) * in / out - 0.5, 0)``; ``align_corners=True``: ``src = dst * (in - 1) / (out - 1)``;
+  ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``, weights ``1 - (src - i0)`` and ``src - i0``;
+* nearest (torch ``mode='nearest'``): ``src = min(floor(dst * in / out), in - 1)``.
+
+The ratio is computed in float32 as Paddle's kernels do (D8). The sums are ``w0 * a + w1 * b`` plus exact zeros,
+so the static graph agrees with ``F.interpolate`` to a few float32 ulps (tests/test_resize.py).
+Sizes may be Python ints or int tensors (dynamic shapes in an export).
+"""
+import paddle
+import paddle.nn.functional as F
+
+__all__ = ["interpolate", "interp_matrix"]
+
+
+def _f32(v):
+    return v.astype("float32") if isinstance(v, paddle.Tensor) else paddle.to_tensor(float(v), dtype="float32")
+
+
+def interp_matrix(in_size, out_size, mode="bilinear", align_corners=False):
+    """``[out_size, in_size]`` float32 matrix ``A`` with ``resize_1d(v) = A @ v`` (see the module doc)."""
+    dst = paddle.arange(out_size, dtype="float32")
+    fin, fout = _f32(in_size), _f32(out_size)
+    cols = paddle.arange(in_size, dtype="float32").unsqueeze(0)            # [1, in]
+    last = fin - 1.0
+    if mode == "nearest":
+        src = paddle.minimum(paddle.floor(dst * (fin / fout)), last)
+        return (cols == src.unsqueeze(1)).astype("float32")
+    if mode != "bilinear":
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if align_corners:
+        ratio = paddle.where(fout > 1.0, last / paddle.maximum(fout - 1.0, paddle.ones_like(fout)),
+                             paddle.zeros_like(fout))
+        src = dst * ratio
+    else:
+        src = paddle.clip(((dst + 0.5) * (fin / fout)) - 0.5, min=0.0)
+    i0 = paddle.minimum(paddle.floor(src), last)
+    i1 = paddle.minimum(i0 + 1.0, last)
+    l1 = (src - i0).unsqueeze(1)
+    return (1.0 - l1) * (cols == i0.unsqueeze(1)).astype("float32") + l1 * (cols == i1.unsqueeze(1)).astype("float32")
+
+
+def interpolate(x, size, mode="bilinear", align_corners=False):
+    """Resize ``x [N, C, H, W]`` to ``size = (h, w)`` (ints or int tensors, e.g. ``x.shape[2:]`` of another
+    tensor). Dygraph: ``F.interpolate``; static graph: ``A_h @ x @ A_w^T`` (module doc)."""
+    if paddle.in_dynamic_mode():
+        kw = {} if mode == "nearest" else {"align_corners": align_corners}
+        return F.interpolate(x, size=size, mode=mode, **kw)
+    shape = paddle.shape(x)
+    n, c, h_in, w_in = shape[0], shape[1], shape[2], shape[3]
+    a_h = interp_matrix(h_in, size[0], mode, align_corners).astype(x.dtype)   # [h, H]
+    a_w = interp_matrix(w_in, size[1], mode, align_corners).astype(x.dtype)   # [w, W]
+    # plain 2-D matmuls over reshaped rows (a 4-D broadcast matmul right after a oneDNN conv reads its blocked
+    # output layout wrongly in Paddle Inference 3.3; the reshapes make the layout plain)
+    y = paddle.matmul(x.reshape([-1, w_in]), a_w, transpose_y=True)                      # [N*C*H, w]
+    y = y.reshape([-1, h_in, a_w.shape[0]]).transpose([0, 2, 1]).reshape([-1, h_in])     # [N*C*w, H]
+    y = paddle.matmul(y, a_h, transpose_y=True)                                           # [N*C*w, h]
+    return y.reshape([n, c, a_w.shape[0], a_h.shape[0]]).transpose([0, 1, 3, 2])          # [N, C, h, w]
