@@ -33,6 +33,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .. import init
+from ...ops.conv import Conv2D
 from ...ops.selective_scan import selective_scan_blc
 
 __all__ = ["ARCH_ZOO", "PATH_TYPES", "make_perms", "MambaMixer", "PatchEmbed", "RSMambaBackbone"]
@@ -112,8 +113,8 @@ class PatchEmbed(nn.Layer):
     def __init__(self, in_channels=3, embed_dims=192, kernel_size=16, stride=8, bias=False):
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
-        self.projection = nn.Conv2D(in_channels, embed_dims, kernel_size, stride=stride,
-                                    bias_attr=None if bias else False)
+        self.projection = Conv2D(in_channels, embed_dims, kernel_size, stride=stride,
+                                 bias_attr=None if bias else False)
 
     def pad_amount(self, size):
         out = math.ceil(size / self.stride)

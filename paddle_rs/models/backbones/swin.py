@@ -20,6 +20,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ...ops.conv import Conv2D
 from .. import init
 
 __all__ = ["permute", "crop_hw", "DropPath", "Mlp", "window_partition", "window_reverse", "relative_position_index",
@@ -263,7 +264,7 @@ class PatchEmbed(nn.Layer):
     def __init__(self, patch_size=4, in_chans=3, embed_dim=96, patch_norm=True, norm_eps=1e-5):
         super().__init__()
         self.patch_size, self.embed_dim = patch_size, embed_dim
-        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         init.torch_default_(self.proj)
         self.norm = layer_norm(embed_dim, norm_eps) if patch_norm else None
 

@@ -17,6 +17,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ...ops.conv import Conv2D
 from .. import init
 from .swin import (Mlp, crop_hw, linear, make_drop_path, permute, relative_position_index, window_partition,
                    window_reverse)
@@ -26,7 +27,7 @@ __all__ = ["PRM", "WindowAttention", "Attention", "TokenAttention", "SwinRCAttn"
 
 
 def _conv(cin, cout, k, stride=1, padding=0, dilation=1, groups=1):
-    m = nn.Conv2D(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    m = Conv2D(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
     init.torch_default_(m)
     return m
 
