@@ -9,7 +9,7 @@ import pytest
 from paddle_rs.ops.resize import interp_matrix, interpolate
 
 CASES = [("bilinear", False), ("bilinear", True), ("nearest", False)]
-SIZES = [((7, 5), (28, 20)), ((16, 16), (128, 128)), ((13, 9), (6, 4)), ((8, 8), (8, 8)), ((5, 6), (11, 17))]
+SIZES = [((1, 1), (6, 5)), ((7, 5), (28, 20)), ((16, 16), (128, 128)), ((13, 9), (6, 4)), ((8, 8), (8, 8)), ((5, 6), (11, 17))]
 
 
 @pytest.mark.parametrize("mode,align", CASES)
@@ -37,7 +37,8 @@ class _Net(paddle.nn.Layer):
     def forward(self, x):
         y = self.conv(x)
         half = interpolate(y, [paddle.shape(x)[2] // 2, paddle.shape(x)[3] // 2], self.mode, self.align)
-        return interpolate(half, x.shape[2:], self.mode, self.align)
+        pooled = interpolate(paddle.nn.functional.adaptive_avg_pool2d(y, 1), x.shape[2:], self.mode, self.align)
+        return interpolate(half, x.shape[2:], self.mode, self.align) + pooled
 
 
 @pytest.mark.parametrize("mode,align", CASES)

@@ -348,10 +348,11 @@ def resolve_scan_backend(model: nn.Layer, scan: str = "auto") -> Optional[str]:
 
 def _onednn_ready(model: nn.Layer, program_dir) -> bool:
     """Whether the predictor may run this export with oneDNN (``model.yml`` ``_Attributes.onednn``): the network
-    class says its graph runs correctly with oneDNN (class attribute ``onednn_inference``, verified by its export
-    tests at two input sizes; RSMamba's does not: a oneDNN matmul pass mis-shapes it) and the PIR program holds no
+    says its graph runs correctly with oneDNN (attribute ``onednn_inference``, verified by the export tests at two
+    input sizes; off where a oneDNN pass breaks the graph: RSMamba's matmuls, Swin / ViTAE's fc fusion, FactSeg's
+    decoder, measured on Paddle 3.3.1) and the PIR program holds no
     ``*_interp`` op (Paddle#79749; :mod:`paddle_rs.ops.resize` keeps them out of paddle_rs exports)."""
-    if not getattr(type(model), "onednn_inference", False):
+    if not getattr(model, "onednn_inference", False):
         return False
     from .predictor import has_interp_ops
     program = os.path.join(program_dir, "model.json")

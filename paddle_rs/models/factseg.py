@@ -12,6 +12,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..ops.conv import Conv2D
+from ..ops.resize import interpolate
 from ..registry import register_model
 from . import init
 from .backbones.resnet import ResNet
@@ -51,8 +53,8 @@ class FactSeg(nn.Layer):
         self.bifpn = FPN(enc, fpn_channels)
         self.fg_decoder = AsymmetricDecoder(fpn_channels, decoder_channels)
         self.bi_decoder = AsymmetricDecoder(fpn_channels, decoder_channels)
-        self.fg_cls = nn.Conv2D(decoder_channels, num_classes, 1)
-        self.bi_cls = nn.Conv2D(decoder_channels, 1, 1)
+        self.fg_cls = Conv2D(decoder_channels, num_classes, 1)
+        self.bi_cls = Conv2D(decoder_channels, 1, 1)
         init.torch_default_(self.fg_cls)
         init.torch_default_(self.bi_cls)
 
@@ -66,8 +68,8 @@ class FactSeg(nn.Layer):
         fg = self.fg_cls(self.fg_decoder(self.fgfpn(feats)))
         bi = self.bi_cls(self.bi_decoder(self.bifpn(feats)))
         size = paddle.shape(x)[2:]
-        fg = F.interpolate(fg, size=size, mode="bilinear", align_corners=True)
-        bi = F.interpolate(bi, size=size, mode="bilinear", align_corners=True)
+        fg = interpolate(fg, size, "bilinear", align_corners=True)
+        bi = interpolate(bi, size, "bilinear", align_corners=True)
         return fg, bi
 
     def forward(self, x):

@@ -14,7 +14,8 @@ matrices follow Paddle's / torch's index rules exactly:
 * bilinear, ``align_corners=False`` (torch default, Paddle ``align_mode=0``):
   ``src = max((dst + 0.5) * in / out - 0.5, 0)``; ``align_corners=True``: ``src = dst * (in - 1) / (out - 1)``;
   ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``, weights ``1 - (src - i0)`` and ``src - i0``;
-* nearest (torch ``mode='nearest'``): ``src = min(floor(dst * in / out), in - 1)``.
+* nearest (torch ``mode='nearest'``): ``src = min(floor(dst * in / out), in - 1)``;
+* a map whose static size is 1x1 is broadcast with ``expand`` (the weights are all 1).
 
 The ratio is computed in float32 as Paddle's kernels do (D8). The sums are ``w0 * a + w1 * b`` plus exact zeros,
 so the static graph agrees with ``F.interpolate`` to a few float32 ulps (tests/test_resize.py).
@@ -59,6 +60,9 @@ def interpolate(x, size, mode="bilinear", align_corners=False):
     if paddle.in_dynamic_mode():
         kw = {} if mode == "nearest" else {"align_corners": align_corners}
         return F.interpolate(x, size=size, mode=mode, **kw)
+    if x.shape[2] == 1 and x.shape[3] == 1:
+        # a 1x1 map (e.g. the PPM's global pool) is broadcast; also avoids a K=1 matmul, which oneDNN gets wrong
+        return paddle.expand(x, [-1, -1, size[0], size[1]])
     shape = paddle.shape(x)
     n, c, h_in, w_in = shape[0], shape[1], shape[2], shape[3]
     a_h = interp_matrix(h_in, size[0], mode, align_corners).astype(x.dtype)   # [h, H]
