@@ -5,9 +5,11 @@
 
 Measures, with the same weights and inputs: torch eager forward (eval), Paddle dygraph
 forward (eval), one training step each (forward + the model's real loss + backward +
-optimizer step) and the Paddle Inference forward of the exported graph (oneDNN off,
-porting.md §5). Prints medians and the ratios paddle/torch (< 1 means Paddle is faster)
-and inference/dygraph; ``--json`` writes them to a file.
+optimizer step) and the Paddle Inference forward of the exported graph (oneDNN as the
+export records it, paddle_rs/deploy/predictor.py). Each pair is timed in alternating rounds
+(torch/Paddle, dygraph/inference), so both sides of a ratio see the same machine load.
+Prints medians and the ratios paddle/torch (< 1 means Paddle is faster) and
+inference/dygraph; ``--json`` writes them to a file.
 
 ``--scan_scaling``: instead, the family's ``scan_scaling`` hook (align/cases/<family>.py) times its sequence
 operator alone at several lengths, forward and forward + backward in both frameworks (RSMamba: the selective
@@ -26,14 +28,22 @@ sys.path.insert(0, ROOT)
 
 
 def timeit(fn, repeat, warmup=2):
+    return interleaved([fn], repeat, warmup)[0]
+
+
+def interleaved(fns, repeat, warmup=2):
+    """Median seconds of each function, timed in alternating rounds (A B A B ...): on shared cores the machine's
+    speed drifts by 10-30 % over a minute, which would bias a ratio of two blocks timed one after the other."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv=None):
@@ -76,12 +86,10 @@ def main(argv=None):
         with paddle.no_grad():
             pm(px).numpy()
 
-    res["torch_forward_s"] = timeit(t_fwd, args.repeat)
-    res["paddle_forward_s"] = timeit(p_fwd, args.repeat)
+    res["torch_forward_s"], res["paddle_forward_s"] = interleaved([t_fwd, p_fwd], args.repeat)
     if not args.no_train:
         t_step, p_step = case.train_step_fns(tm, pm, x, y)
-        res["torch_train_step_s"] = timeit(t_step, args.repeat, warmup=1)
-        res["paddle_train_step_s"] = timeit(p_step, args.repeat, warmup=1)
+        res["torch_train_step_s"], res["paddle_train_step_s"] = interleaved([t_step, p_step], args.repeat, warmup=1)
         tm.eval(), pm.eval()
     if not args.no_inference:
         from paddle_rs.deploy.export import export
@@ -90,12 +98,15 @@ def main(argv=None):
             export(pm, os.path.join(d, "static"), input_shape=list(x.shape),
                    model_info={"model_name": args.model})
             pred = Predictor(os.path.join(d, "static"), cpu_threads=args.threads)
-            res["inference_forward_s"] = timeit(lambda: pred.run_batch(x), args.repeat)
+            # dygraph timed again, alternating with the predictor (the ratio's two sides under the same load)
+            res["paddle_forward_vs_inference_s"], res["inference_forward_s"] = interleaved(
+                [p_fwd, lambda: pred.run_batch(x)], args.repeat)
+            res["inference_onednn"] = bool(pred.config.mkldnn_enabled())
     res["ratio_forward_paddle_over_torch"] = res["paddle_forward_s"] / res["torch_forward_s"]
     if "paddle_train_step_s" in res:
         res["ratio_train_step_paddle_over_torch"] = res["paddle_train_step_s"] / res["torch_train_step_s"]
     if "inference_forward_s" in res:
-        res["ratio_inference_over_dygraph"] = res["inference_forward_s"] / res["paddle_forward_s"]
+        res["ratio_inference_over_dygraph"] = res["inference_forward_s"] / res["paddle_forward_vs_inference_s"]
     print(f"\n{args.model}: input {res['input']}, {args.threads} threads, median of {args.repeat}")
     for k, v in res.items():
         if k.endswith("_s"):
