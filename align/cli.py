@@ -29,7 +29,7 @@ def main(stage, description):
         import paddle
         import torch
         torch.set_num_threads(args.threads)
-        paddle.set_num_threads(args.threads) if hasattr(paddle, "set_num_threads") else None
+        paddle.base.core.set_num_threads(args.threads)      # Paddle's CPU math library (no public setter in 3.3)
     if args.model in (None, ""):
         names = default_models()
     elif args.model == "all":

@@ -556,7 +556,7 @@ def test_configs_recipe():
             assert cfg["optimizer"] == {"type": "AdamW", "lr": 5e-4, "betas": [0.9, 0.999], "eps": 1e-8,
                                         "weight_decay": 0.05, "grad_clip": None}
             assert cfg["lr_scheduler"] == {"type": "cosine", "warmup_epochs": 10, "warmup_ratio": 1e-3,
-                                           "end_lr": 1e-5}
+                                           "end_lr": 1e-5, "by_epoch": True}
             assert cfg["loss"] == LS and cfg["batch_augments"] == AUGS
             assert cfg["train"]["epochs"] == 500 and cfg["train"]["batch_size"] == 16
             assert cfg["train"]["metric_for_best"] == "macro_f1"

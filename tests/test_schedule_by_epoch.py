@@ -71,6 +71,14 @@ def test_by_epoch_matches_the_chained_torch_schedulers():
     assert np.all(after == after[:, :1]) and np.all(np.diff(after[:, 0]) < 0)
 
 
+def test_by_epoch_one_warmup_iteration_starts_at_the_ratio():
+    """mmengine's LinearLR returns start_factor at its first step, also for a 1-iteration warm-up."""
+    cfg = dict(CFG, warmup_iters=1)
+    lrs = _paddle_lrs(cfg, 4)
+    assert lrs[0] == pytest.approx(BASE * 1e-3) and lrs[1] == pytest.approx(BASE)
+    np.testing.assert_allclose(_torch_lrs(cfg, 4), lrs, rtol=1e-12)
+
+
 def test_by_epoch_differs_from_the_per_iteration_cosine():
     """The per-iteration cosine the configs used before is a different schedule (what by_epoch fixes)."""
     per_iter = dict(CFG, by_epoch=False)

@@ -58,7 +58,7 @@ def _epoch_chain_factor(cfg, base_lr, t, total_iters):
     warm = int(cfg.get("warmup_iters", 0))
     if t < warm:
         ratio = float(cfg.get("warmup_ratio", 1e-6))
-        return ratio + (1 - ratio) * t / max(warm - 1, 1) if warm > 1 else 1.0
+        return ratio + (1 - ratio) * t / (warm - 1) if warm > 1 else ratio   # step 0: start_factor
     epochs = max((total_iters - warm) / ipe, 1e-12)
     e = min((t - warm) // ipe, epochs)
     if kind == "cosine":
