@@ -38,19 +38,17 @@ then ``/usr/include`` and ``/usr/local/include``; only ``oneapi/dnnl`` is copied
 header release newer than the library is handled (see the C++ file); a newly loaded library must pass a small
 forward/backward check against ``paddle.nn.functional.conv2d`` before it is used.
 """
-import hashlib
 import importlib.util
 import os
-import platform
 import re
-import time
-import warnings
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
+
+from ._build import cache_dir, load_once, load_quietly
 
 __all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext"]
 
@@ -107,24 +105,6 @@ def _copy_headers(include_dir, build_dir):
     return dst
 
 
-def _ext_build_dir(include_dir, header_version):
-    """Cache directory keyed by the source, the flags, the headers, the Paddle version and the CPU's feature
-    flags (``-march=native`` objects must not be reused on a different CPU)."""
-    h = hashlib.sha1()
-    with open(_EXT_SOURCE, "rb") as f:
-        h.update(f.read())
-    h.update(" ".join(_EXT_CFLAGS + [include_dir, str(header_version), paddle.__version__,
-                                     platform.machine()]).encode())
-    try:
-        with open("/proc/cpuinfo") as f:
-            h.update(next((ln for ln in f if ln.startswith("flags")), "").encode())
-    except OSError:
-        pass
-    root = os.environ.get("PADDLE_RS_EXT_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "paddle_rs", "ops")
-    return os.path.join(root, "conv2d_onednn_cpu_" + h.hexdigest()[:16])
-
-
 def _self_check(module):
     """A small grouped, strided, padded convolution with bias, forward and all gradients, against
     ``paddle.nn.functional.conv2d`` (catches a header / library mismatch that still loads)."""
@@ -151,58 +131,29 @@ def onednn_ext():
     """The compiled extension module (ops ``rs_conv2d_fwd`` / ``rs_conv2d_bwd``), or ``None``.
 
     Built with ``paddle.utils.cpp_extension.load`` on first use (~30 s with g++ 12; cached and reloaded in ~1 s
-    afterwards; a file lock serialises concurrent builds), linked against Paddle's own ``libdnnl.so.3``.
-    ``PADDLE_RS_ONEDNN_CONV=0`` disables it. Any failure (no headers, no compiler, build or self-check error) is
-    reported once as a warning and ``paddle.nn.functional.conv2d`` is used.
+    afterwards; a file lock serialises concurrent builds; :mod:`paddle_rs.ops._build`), linked against Paddle's
+    own ``libdnnl.so.3``. ``PADDLE_RS_ONEDNN_CONV=0`` disables it. Any failure (no headers, no compiler, build or
+    self-check error) is reported once as a warning and ``paddle.nn.functional.conv2d`` is used.
     """
-    if "module" in _EXT_STATE:
-        return _EXT_STATE["module"]
-    module = None
-    if os.environ.get("PADDLE_RS_ONEDNN_CONV", "1") != "0" and platform.system() == "Linux":
-        t0 = time.perf_counter()
-        try:
-            import contextlib
-            import fcntl
-            import io
+    def build():
+        include_dir, version = _onednn_include()
+        lib_dir = os.path.join(_paddle_dir(), "libs")
+        if not os.path.exists(os.path.join(lib_dir, "libdnnl.so.3")):
+            raise RuntimeError(f"{lib_dir}/libdnnl.so.3 not found")
+        build_dir = cache_dir("conv2d_onednn_cpu", _EXT_SOURCE, _EXT_CFLAGS, (include_dir, version))
+        # libdnnl.so.3 has no unversioned symlink: link it by file name; -z now turns a symbol the library lacks
+        # into a load error instead of a crash at the first call
+        module = load_quietly(
+            "paddle_rs_conv2d_onednn_cpu", _EXT_SOURCE, build_dir, ("rs_conv2d_fwd", "rs_conv2d_bwd"),
+            before_build=lambda: {"extra_include_paths": [_copy_headers(include_dir, build_dir)]},
+            extra_cxx_cflags=_EXT_CFLAGS,
+            extra_ldflags=[f"-L{lib_dir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib_dir}", "-Wl,-z,now"])
+        _self_check(module)
+        return module
 
-            with warnings.catch_warnings():   # "No ccache found" at import
-                warnings.simplefilter("ignore")
-                from paddle.utils.cpp_extension import load
-            include_dir, version = _onednn_include()
-            lib_dir = os.path.join(_paddle_dir(), "libs")
-            if not os.path.exists(os.path.join(lib_dir, "libdnnl.so.3")):
-                raise RuntimeError(f"{lib_dir}/libdnnl.so.3 not found")
-            build_dir = _ext_build_dir(include_dir, version)
-            os.makedirs(build_dir, exist_ok=True)
-            log = io.StringIO()
-            with open(os.path.join(build_dir, "build.lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                private_include = _copy_headers(include_dir, build_dir)
-                with contextlib.redirect_stdout(log), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    # libdnnl.so.3 has no unversioned symlink: link it by file name; -z now turns a symbol the
-                    # library lacks into a load error instead of a crash at the first call
-                    module = load(name="paddle_rs_conv2d_onednn_cpu", sources=[_EXT_SOURCE],
-                                  extra_cxx_cflags=_EXT_CFLAGS, extra_include_paths=[private_include],
-                                  extra_ldflags=[f"-L{lib_dir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib_dir}",
-                                                 "-Wl,-z,now"],
-                                  build_directory=build_dir, verbose=False)
-            if not all(hasattr(module, op) for op in ("rs_conv2d_fwd", "rs_conv2d_bwd")):
-                raise RuntimeError("ops not registered")
-            _self_check(module)
-        except Exception as e:   # noqa: BLE001 - any failure means: use paddle.nn.functional.conv2d
-            warnings.warn(f"paddle_rs: oneDNN CPU conv2d unavailable ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}); "
-                          "using paddle.nn.functional.conv2d", RuntimeWarning, stacklevel=2)
-            module = None
-        _EXT_STATE["build_s"] = time.perf_counter() - t0
-    _EXT_STATE["module"] = module
-    return module
+    return load_once(_EXT_STATE, "PADDLE_RS_ONEDNN_CONV", "oneDNN CPU conv2d", "paddle.nn.functional.conv2d", build)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# argument normalisation and dispatch
-# ----------------------------------------------------------------------------------------------------------
 def _pair(v):
     """An int or a sequence of 2 ints as ``[a, b]``; ``None`` otherwise."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):

@@ -52,15 +52,13 @@ Paddle CPU specifics (same math as torch, measured on Paddle 3.3.1):
   more than the arithmetic of these small tensors (2-3x on the step loop).
 * softplus: see :func:`softplus`.
 """
-import hashlib
 import os
-import platform
-import time
-import warnings
 
 import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
+
+from ._build import cache_dir, load_once, load_quietly
 
 __all__ = ["CHUNK_SIZE", "softplus", "selective_scan", "selective_scan_blc", "selective_scan_ref",
            "SelectiveScanFn", "FusedSelectiveScanFn", "fused_ext", "set_static_scan"]
@@ -295,64 +293,22 @@ _EXT_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 _EXT_STATE = {}   # "module": loaded extension or None (unavailable), "build_s": seconds spent in load()
 
 
-def _ext_build_dir():
-    """Cache directory keyed by the source, the flags, the Paddle version and the CPU's feature flags
-    (``-march=native`` objects must not be reused on a different CPU)."""
-    h = hashlib.sha1()
-    with open(_EXT_SOURCE, "rb") as f:
-        h.update(f.read())
-    h.update(" ".join(_EXT_CFLAGS + [paddle.__version__, platform.machine()]).encode())
-    try:
-        with open("/proc/cpuinfo") as f:
-            h.update(next((ln for ln in f if ln.startswith("flags")), "").encode())
-    except OSError:
-        pass
-    root = os.environ.get("PADDLE_RS_EXT_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "paddle_rs", "ops")
-    return os.path.join(root, "selective_scan_cpu_" + h.hexdigest()[:16])
-
-
 @paddle.jit.not_to_static
 def fused_ext():
     """The compiled extension module (ops ``rs_selective_scan_fwd`` / ``rs_selective_scan_bwd``), or ``None``.
 
     Built with ``paddle.utils.cpp_extension.load`` on first use (~20 s with g++ 12; cached and reloaded in ~1 s
-    afterwards; a file lock serialises concurrent builds). ``PADDLE_RS_FUSED_SCAN=0`` disables it. Any failure
-    (no compiler, no OpenMP, build error) is reported once as a warning and the pure-Paddle scan is used.
+    afterwards; a file lock serialises concurrent builds; :mod:`paddle_rs.ops._build`). ``PADDLE_RS_FUSED_SCAN=0``
+    disables it. Any failure (no compiler, no OpenMP, build error) is reported once as a warning and the
+    pure-Paddle scan is used.
     """
-    if "module" in _EXT_STATE:
-        return _EXT_STATE["module"]
-    module = None
-    if os.environ.get("PADDLE_RS_FUSED_SCAN", "1") != "0" and platform.system() == "Linux":
-        t0 = time.perf_counter()
-        try:
-            import contextlib
-            import fcntl
-            import io
+    def build():
+        return load_quietly("paddle_rs_selective_scan_cpu", _EXT_SOURCE,
+                            cache_dir("selective_scan_cpu", _EXT_SOURCE, _EXT_CFLAGS),
+                            ("rs_selective_scan_fwd", "rs_selective_scan_bwd"),
+                            extra_cxx_cflags=_EXT_CFLAGS, extra_ldflags=["-fopenmp"])
 
-            with warnings.catch_warnings():   # "No ccache found" at import
-                warnings.simplefilter("ignore")
-                from paddle.utils.cpp_extension import load
-            build_dir = _ext_build_dir()
-            os.makedirs(build_dir, exist_ok=True)
-            log = io.StringIO()
-            with open(os.path.join(build_dir, "build.lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                with contextlib.redirect_stdout(log), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    module = load(name="paddle_rs_selective_scan_cpu", sources=[_EXT_SOURCE],
-                                  extra_cxx_cflags=_EXT_CFLAGS, extra_ldflags=["-fopenmp"],
-                                  build_directory=build_dir, verbose=False)
-            if not all(hasattr(module, op) for op in ("rs_selective_scan_fwd", "rs_selective_scan_bwd")):
-                raise RuntimeError("ops not registered")
-        except Exception as e:   # noqa: BLE001 - any failure means: use the pure-Paddle scan
-            warnings.warn(f"paddle_rs: fused CPU selective scan unavailable ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}); "
-                          "using the pure-Paddle scan", RuntimeWarning, stacklevel=2)
-            module = None
-        _EXT_STATE["build_s"] = time.perf_counter() - t0
-    _EXT_STATE["module"] = module
-    return module
+    return load_once(_EXT_STATE, "PADDLE_RS_FUSED_SCAN", "fused CPU selective scan", "the pure-Paddle scan", build)
 
 
 def _fused_ok(u, *others):
