@@ -69,7 +69,8 @@ KNOWN = {d.id: d for d in [
         "norm 1.2e-4 relative) and 2.2e-4 on ViTAEv2-S. Paddle fp32 lies as close to torch fp64 as torch fp32 does "
         "(R50 1.65e-2, Swin 1.0e-4, ViTAE 2.7e-4). In float64 both frameworks agree on the same gradients to "
         "<= 3e-8 of the max (grad64_* keys, strict 1e-4), so the backward port is exact; the fp32 keys grad_rel_* "
-        "(gradient / the reference's max, measured <= 1.65e-2) and the gradient norms are bounded here", 5e-2,
+        "(gradient / the reference's max, measured <= 1.65e-2 with Paddle's im2col convolution, <= 3.8e-3 with the "
+        "oneDNN one of paddle_rs/ops/conv.py) and the gradient norms are bounded here", 5e-2,
         per_key=(("grad_global_norm", 1e-3, "rel"), ("grad_norm_step0", 1e-3, "rel"))),
     KnownDivergence(
         "D12", "the UperNet multi-step fp32 training trajectories follow the fp32 gradient noise (D11)",
@@ -79,7 +80,7 @@ KNOWN = {d.id: d for d in [
         "steer the trajectory -- SGD lr 0.01 on R50, and AdamW, whose normalised update moves every parameter by "
         "~lr whatever the gradient's size, on Swin / ViTAE. The reference disagrees with itself (torch fp32 vs "
         "torch fp64) by 1.0e-2 (R50), 1.4e-3 (Swin-T) and 2.5e-3 (ViTAEv2-S) relative in the loss; Paddle fp32 vs "
-        "torch fp32: 2.6e-3, 6.6e-4, 3.2e-3 relative (at most 5.9e-3 abs), gradient norm per step up to 6.6 abs "
+        "torch fp32: 3.2e-3, 6.4e-4, 1.8e-3 relative (2.6e-3, 6.6e-4, 3.2e-3 before the oneDNN convolution; at most 5.9e-3 abs), gradient norm per step up to 6.6 abs "
         "(of 2-11), parameters after 10 steps 7.1e-3 / 1.6e-4 / 2.4e-4 max abs (reference vs itself 1.1e-2 / "
         "1.8e-4 / 2.2e-4). It is not precision: in float64 both frameworks start equal (step-0 loss <= 1.7e-12, "
         "gradient norm <= 6.7e-9 relative: Paddle's float32 bilinear weights, D8) and the trajectory still amplifies "
