@@ -13,6 +13,7 @@ import torch
 
 import paddle_rs
 import torch_ref
+from align.cases.upernet import condition_weights
 from convert.rules import torch_to_paddle
 
 MODELS = ("upernet_r50", "upernet_swin_t", "upernet_vitaev2_s")
@@ -126,39 +127,10 @@ def _build(name, fw):
 
 
 def _make_trained_like(tm, seed):
-    """Well-conditioned random weights, so that a 1e-4 tolerance on logits tests the port and not fp32 noise.
-
-    Random affine norms / bias tables / classifier; ResNet residual branches end in a small BN gamma (x0.2, as
-    in trained ResNets); BN statistics calibrated on one batch, running_var floored at half the layer's median
-    (the PPM scale-1 BN sees only 2 values per channel). Without the last two steps the random R50 is chaotic:
-    torch fp32 itself then deviates from torch fp64 by ~4e-4 on the logits (measured), and so does Paddle.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in tm.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for m in tm.modules():
-            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-        for head in (tm.decode_head, tm.auxiliary_head):
-            w = head.conv_seg.weight
-            w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
-            head.conv_seg.bias.copy_(0.1 * torch.randn(head.conv_seg.bias.shape, generator=g))
-        for n, m in tm.backbone.named_modules():
-            if n.endswith(".bn3"):                 # ResNet Bottleneck: last BN of the residual branch
-                m.weight.mul_(0.2)
-        bns = [m for m in tm.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for m in bns:
-            m.momentum = None                      # cumulative average: one batch -> its statistics
-            m.reset_running_stats()
-        tm.train()
-        tm(torch.from_numpy(np.random.RandomState(seed).randn(2, 3, 64, 64).astype("float32")))
-        for m in bns:
-            m.momentum = 0.1
-            m.running_var.clamp_(min=0.5 * float(m.running_var.median()))
-    tm.eval()
+    """Well-conditioned random weights (align/cases/upernet.py ``condition_weights``: random affine norms / bias
+    tables / classifier, small residual-branch BN gamma, BN statistics calibrated on one 64x64 batch), so that a
+    1e-4 tolerance on logits tests the port and not fp32 noise."""
+    return condition_weights(tm, seed, 64)
 
 
 def _convert(tm, pm):
