@@ -7,7 +7,6 @@ weight decay, clipping, schedule, loss) is ported exactly. The probe runs the sa
 recipe on a conv -> BN -> ReLU -> heads network of a few thousand parameters, whose
 trajectory is stable, in both frameworks with identical weights.
 """
-import numpy as np
 
 
 def _torch_probe(in_ch, hidden, heads):

@@ -89,3 +89,44 @@ def train_pair(tm, pm, recipe, x, y, steps, torch_only=False, torch_loss=None, p
 def clipped_steps(records, max_norm):
     """How many steps had their gradient clipped (the reference's pre-clip norm above the limit)."""
     return 0 if max_norm is None else int((records["grad_norm"] > max_norm).sum())
+
+
+def step_fns(tm, pm, recipe, x, y, total_iters, torch_loss=None, paddle_loss=None, torch_batch=None,
+             paddle_batch=None):
+    """``(t_step, p_step)``: one training step of the recipe per framework on a fixed batch, as closures for
+    tools/benchmark.py -- the step of :func:`train_pair` (batch hook -> forward -> loss -> backward -> clip ->
+    optimizer step -> scheduler step) without the records. ``total_iters`` sizes the schedule."""
+    import paddle
+    import torch
+
+    from paddle_rs.engine.optim import build_optimizer as p_opt
+    from paddle_rs.losses import build_loss as p_build
+    from torch_ref.engine.optim import build_optimizer as t_opt
+    from torch_ref.engine.optim import clip_gradients
+    from torch_ref.losses import build_loss as t_build
+    topt, tsched, max_norm = t_opt(tm, recipe["optimizer"], recipe["lr_scheduler"], total_iters)
+    popt, psched = p_opt(pm, recipe["optimizer"], recipe["lr_scheduler"], total_iters)
+    tl, pl = torch_loss or t_build(recipe["loss"]), paddle_loss or p_build(recipe["loss"])
+    tx, ty = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+    px, py = paddle.to_tensor(np.ascontiguousarray(x)), paddle.to_tensor(np.ascontiguousarray(y))
+
+    def t_step():
+        xs, ys = torch_batch(0, tx, ty) if torch_batch is not None else (tx, ty)
+        loss = tl(tm(xs), ys)
+        topt.zero_grad()
+        loss.backward()
+        if max_norm:
+            clip_gradients(tm, max_norm)
+        topt.step()
+        tsched.step()
+        loss.item()
+
+    def p_step():
+        xs, ys = paddle_batch(0, px, py) if paddle_batch is not None else (px, py)
+        loss = pl(pm(xs), ys)
+        loss.backward()
+        popt.step()
+        popt.clear_grad()
+        psched.step()
+        float(loss)
+    return t_step, p_step

@@ -44,34 +44,9 @@ class FactSegCase(ParityCase):
         return x, y
 
     def train_step_fns(self, tm, pm, x, y):
-        from paddle_rs.engine.optim import build_optimizer as p_opt
-        from paddle_rs.losses import build_loss as p_build
-        from torch_ref.engine.optim import build_optimizer as t_opt
-        from torch_ref.engine.optim import clip_gradients
-        from torch_ref.losses import build_loss as t_build
+        from align.training import step_fns
         tm.train(), pm.train()
-        topt, tsched, max_norm = t_opt(tm, RECIPE["optimizer"], RECIPE["lr_scheduler"], 10 ** 6)
-        popt, psched = p_opt(pm, RECIPE["optimizer"], RECIPE["lr_scheduler"], 10 ** 6)
-        tl, pl = t_build(RECIPE["loss"]), p_build(RECIPE["loss"])
-        tx, ty, px, py = self.to_torch(x), self.to_torch(y), self.to_paddle(x), self.to_paddle(y)
-
-        def t_step():
-            loss = tl(tm(tx), ty)
-            topt.zero_grad()
-            loss.backward()
-            clip_gradients(tm, max_norm)
-            topt.step()
-            tsched.step()
-            loss.item()
-
-        def p_step():
-            loss = pl(pm(px), py)
-            loss.backward()
-            popt.step()
-            popt.clear_grad()
-            psched.step()
-            float(loss)
-        return t_step, p_step
+        return step_fns(tm, pm, RECIPE, x, y, 10 ** 6)
 
     def forward(self, log):
         import paddle

@@ -144,36 +144,12 @@ class RSMambaCase(ParityCase):
         return x, y
 
     def train_step_fns(self, tm, pm, x, y):
-        from paddle_rs.engine.optim import build_optimizer as p_opt
-        from paddle_rs.losses import build_loss as p_build
-        from torch_ref.engine.optim import build_optimizer as t_opt
-        from torch_ref.losses import build_loss as t_build
+        """One recipe step with a CutMix batch (injected parameters, as in backward)."""
+        from align.training import step_fns
         tm.train(), pm.train()
-        topt, tsched, _ = t_opt(tm, RECIPE["optimizer"], RECIPE["lr_scheduler"], 10 ** 6)
-        popt, psched = p_opt(pm, RECIPE["optimizer"], RECIPE["lr_scheduler"], 10 ** 6)
-        tl, pl = t_build(RECIPE["loss"]), p_build(RECIPE["loss"])
         params = [{"choice": 1, "lam": 0.6, "index": list(range(len(x)))[::-1], "center": (100, 120)}]
         t_batch, p_batch = self.batch_fns(params)
-        tx, ty, px, py = self.to_torch(x), self.to_torch(y), self.to_paddle(x), self.to_paddle(y)
-
-        def t_step():
-            xs, s = t_batch(0, tx, ty)
-            loss = tl(tm(xs), s)
-            topt.zero_grad()
-            loss.backward()
-            topt.step()
-            tsched.step()
-            loss.item()
-
-        def p_step():
-            xs, s = p_batch(0, px, py)
-            loss = pl(pm(xs), s)
-            loss.backward()
-            popt.step()
-            popt.clear_grad()
-            psched.step()
-            float(loss)
-        return t_step, p_step
+        return step_fns(tm, pm, RECIPE, x, y, 10 ** 6, torch_batch=t_batch, paddle_batch=p_batch)
 
     def scan_scaling(self, lengths=(196, 784, 3136), repeat=3, timeit=None):
         """The selective scan of one ``b`` layer for one image (B' = 3 paths, I = 384, N = 16) at each length,

@@ -233,14 +233,7 @@ class UperNetCase(ParityCase):
         import paddle
         import torch
 
-        from paddle_rs.engine.optim import build_optimizer as p_opt
-        from paddle_rs.losses import build_loss as p_build
-        from paddle_rs.losses.seg_ce import total_loss as p_total
-        from torch_ref.engine.optim import build_optimizer as t_opt
-        from torch_ref.engine.optim import clip_gradients
-        from torch_ref.losses import build_loss as t_build
-        from torch_ref.losses.seg_ce import total_loss as t_total
-        r = self.recipe
+        from align.training import step_fns
         tm.train(), pm.train()
         if len(x) < 2:   # torch refuses train-mode BN with 1 value per channel (PPM scale 1): use running stats
             for m in tm.modules():
@@ -249,29 +242,9 @@ class UperNetCase(ParityCase):
             for m in pm.sublayers():
                 if isinstance(m, paddle.nn.BatchNorm2D):
                     m.eval()
-        topt, tsched, max_norm = t_opt(tm, r["optimizer"], r["lr_scheduler"], 80000)
-        popt, psched = p_opt(pm, r["optimizer"], r["lr_scheduler"], 80000)
-        tl, pl = t_build(r["loss"]), p_build(r["loss"])
-        tx, ty, px, py = self.to_torch(x), self.to_torch(y), self.to_paddle(x), self.to_paddle(y)
-
-        def t_step():
-            loss = t_total(tl(tm(tx), ty))
-            topt.zero_grad()
-            loss.backward()
-            if max_norm:
-                clip_gradients(tm, max_norm)
-            topt.step()
-            tsched.step()
-            loss.item()
-
-        def p_step():
-            loss = p_total(pl(pm(px), py))
-            loss.backward()
-            popt.step()
-            popt.clear_grad()
-            psched.step()
-            float(loss)
-        return t_step, p_step
+        recipe = copy.deepcopy(self.recipe)
+        recipe["loss"]["return_dict"] = False            # one loss tensor to backpropagate
+        return step_fns(tm, pm, recipe, x, y, 80000)
 
     # -- forward ------------------------------------------------------------------------------------------------
     def forward(self, log):
