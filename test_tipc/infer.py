@@ -40,6 +40,14 @@ TIE_TOL = 1e-6
 WARMUP = 5
 
 
+
+def _print_benchmark(timings, batch_size, wall, n_images):
+    """Mean per-call preprocess / inference / postprocess times (ms) and the end-to-end time per image."""
+    mean = {k: float(np.mean([t[k] for t in timings])) for k in ("preprocess", "inference", "postprocess")}
+    print(f"[infer] benchmark ({WARMUP} warm-up calls, {len(timings)} timed call(s) of batch {batch_size}): "
+          f"preprocess {mean['preprocess']:.2f} ms, inference {mean['inference']:.2f} ms, postprocess "
+          f"{mean['postprocess']:.2f} ms per call; {1e3 * wall / max(n_images, 1):.2f} ms per image end to end")
+
 def _str2bool(v):
     if isinstance(v, bool):
         return v
@@ -169,11 +177,7 @@ def infer_cls(args, cfg, data, pred, name):
     print(f"[infer] top-1 {100.0 * correct / max(len(items), 1):.2f} % over {len(items)} image(s) "
           f"(information only; the lite chain does not check accuracy)")
     if args.benchmark and timings:
-        mean = {k: float(np.mean([t[k] for t in timings])) for k in ("preprocess", "inference", "postprocess")}
-        print(f"[infer] benchmark ({WARMUP} warm-up calls, {len(timings)} timed call(s) of batch "
-              f"{args.batch_size}): preprocess {mean['preprocess']:.2f} ms, inference {mean['inference']:.2f} ms, "
-              f"postprocess {mean['postprocess']:.2f} ms per call; {1e3 * wall / max(len(paths), 1):.2f} ms "
-              f"per image end to end")
+        _print_benchmark(timings, args.batch_size, wall, len(paths))
     if failures:
         print(f"[infer] {failures} of {len(items)} image(s) failed the checks")
         return 1
@@ -249,11 +253,7 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     print(f"[infer] class histogram over {len(paths)} image(s): {dict(sorted(total_hist.items()))}")
     if args.benchmark and timings:
-        mean = {k: float(np.mean([t[k] for t in timings])) for k in ("preprocess", "inference", "postprocess")}
-        print(f"[infer] benchmark ({WARMUP} warm-up calls, {len(timings)} timed call(s) of batch "
-              f"{args.batch_size}): preprocess {mean['preprocess']:.2f} ms, inference {mean['inference']:.2f} ms, "
-              f"postprocess {mean['postprocess']:.2f} ms per call; {1e3 * wall / max(len(paths), 1):.2f} ms "
-              f"per image end to end")
+        _print_benchmark(timings, args.batch_size, wall, len(paths))
     if failures:
         print(f"[infer] {failures} of {len(paths)} image(s) failed the checks")
         return 1
