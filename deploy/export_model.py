@@ -63,6 +63,10 @@ def build_parser():
                    help="selective-scan backend of Mamba models in the graph: the fused C++ op (auto: when it "
                         "builds here; recorded in model.yml, Predictor registers it) or the pure-Paddle loop "
                         "(no custom op, ~4x slower)")
+    p.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
+                   help="convolutions (kernels > 1x1) in the graph: the oneDNN custom op (auto: when the model's "
+                        "predictor runs without oneDNN and the op builds here; recorded in model.yml, Predictor "
+                        "registers it) or the ordinary conv2d op (no custom op)")
     p.add_argument("--legacy_twin", action="store_true",
                    help="also write a legacy model.pdmodel export into <save_dir>_legacy (FLAGS_enable_pir_api=0)")
     p.add_argument("--quiet", action="store_true")
@@ -105,17 +109,23 @@ def main(argv=None):
         if args.labels:
             model_info["labels"] = _read_labels(args.labels)
     model.eval()
-    out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info, scan=args.scan)
-    scan = (read_model_yml(out).get("_Attributes") or {}).get("scan_backend")
+    out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info, scan=args.scan,
+                 conv=args.conv)
+    attrs = read_model_yml(out).get("_Attributes") or {}
+    scan = attrs.get("scan_backend")
     if scan:
         log(f"[export] selective scan in the graph: {scan}" + (" (custom op rs_selective_scan_fwd; Predictor "
                                                                "registers it)" if scan == "fused" else ""))
+    if attrs.get("conv_backend"):
+        log(f"[export] convolutions in the graph: {attrs['conv_backend']}" +
+            (" (custom op rs_conv2d_fwd; Predictor registers it)" if attrs["conv_backend"] == "onednn" else ""))
     log(f"[export] wrote {', '.join(sorted(os.listdir(out)))} to {out}")
 
     if args.legacy_twin and os.environ.get("FLAGS_enable_pir_api", "1") not in ("0", "false", "False"):
         twin = out.rstrip(os.sep) + "_legacy"
         with tempfile.TemporaryDirectory() as td:
-            cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet", "--scan", args.scan]
+            cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet", "--scan", args.scan,
+                   "--conv", args.conv]
             if args.model_dir:
                 cmd += ["--model_dir", args.model_dir] + (["--weights", args.weights] if args.weights else [])
             else:

@@ -6,6 +6,7 @@ compiled on first use (~15 s, then cached under ~/.cache/paddle_rs/ops); the tes
 it cannot be built (no compiler or no oneDNN headers).
 """
 import os
+import re
 
 import numpy as np
 import paddle
@@ -213,3 +214,41 @@ def test_export_has_no_custom_op(ext, tmp_path):
     loaded = paddle.jit.load(prefix)
     loaded.eval()
     _close(loaded(x).numpy(), y_dyn)
+
+
+def test_static_onednn_conv_in_graph_and_predictor(ext, tmp_path):
+    """``set_static_conv("onednn")``: the program holds ``rs_conv2d_fwd`` for the k > 1 kernels and ``conv2d`` for
+    the 1x1 one; Paddle Inference (oneDNN off) runs it at two input sizes (dynamic H, W) equal to dygraph."""
+    import paddle.inference as pdi
+    paddle.seed(3)
+    net = _Net()
+    net.eval()
+    assert conv.set_static_conv("onednn") == "plain"
+    try:
+        spec = [paddle.static.InputSpec([None, 3, -1, -1], "float32", name="image")]
+        paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True), str(tmp_path / "model"))
+    finally:
+        assert conv.set_static_conv("plain") == "onednn"
+    ops = re.findall(r'"\d\.(\w*conv\w*)"', open(tmp_path / "model.json").read())   # PIR op names
+    assert sorted(ops) == ["conv2d", "rs_conv2d_fwd", "rs_conv2d_fwd"]
+    cfg = pdi.Config(str(tmp_path / "model.json"), str(tmp_path / "model.pdiparams"))
+    cfg.disable_gpu()
+    cfg.disable_mkldnn()
+    pred = pdi.create_predictor(cfg)
+    for shape in ((2, 3, 16, 12), (1, 3, 23, 9)):
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype("float32")
+        h = pred.get_input_handle("image")
+        h.reshape(list(shape))
+        h.copy_from_cpu(x)
+        pred.run()
+        got = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+        _close(got, net(paddle.to_tensor(x)).numpy())
+
+
+def test_set_static_conv_validates(monkeypatch):
+    with pytest.raises(ValueError, match="plain"):
+        conv.set_static_conv("mkldnn")
+    monkeypatch.setitem(conv._EXT_STATE, "module", None)          # as on a machine without a compiler
+    with pytest.raises(RuntimeError, match="unavailable"):
+        conv.set_static_conv("onednn")
+    assert conv._STATIC_BACKEND["onednn"] is False

@@ -10,6 +10,7 @@ export of the trained model and Paddle Inference against dygraph at two inputs, 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -461,7 +462,11 @@ def test_export_and_inference_parity(tmp_path, capsys):
     from paddle_rs.ops.selective_scan import fused_ext
     fused = fused_ext() is not None            # the default export carries the fused scan op where it builds
     assert info["_Attributes"]["scan_backend"] == ("fused" if fused else "loop")
-    assert info["_Attributes"]["custom_ops"] == (["rs_selective_scan_fwd"] if fused else [])
+    from paddle_rs.ops.conv import onednn_ext
+    conv = onednn_ext() is not None            # and the patch embedding as the oneDNN convolution op
+    assert info["_Attributes"]["conv_backend"] == ("onednn" if conv else "plain")
+    assert info["_Attributes"]["custom_ops"] == (["rs_selective_scan_fwd"] if fused else []) + \
+        (["rs_conv2d_fwd"] if conv else [])
     pred = Predictor(out, cpu_threads=1, topk=2)
     rng = np.random.default_rng(5)
     for batch in (1, 2):
@@ -499,10 +504,11 @@ def test_export_scan_loop_and_fused_op_registration(tmp_path, monkeypatch):
     net = RSMamba(arch=dict(embed_dims=32, num_layers=2, feedforward_channels=64), img_size=IMG, num_classes=3,
                   perm_seed=3)
     net.eval()
-    loop = export(net, tmp_path / "loop", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop")
+    loop = export(net, tmp_path / "loop", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
+                  conv="plain")
     attrs = read_model_yml(loop)["_Attributes"]
-    assert attrs["scan_backend"] == "loop" and attrs["custom_ops"] == []
-    assert "rs_selective_scan_fwd" not in open(os.path.join(loop, "model.json")).read()
+    assert attrs["scan_backend"] == "loop" and attrs["conv_backend"] == "plain" and attrs["custom_ops"] == []
+    assert not re.findall(r'"\d\.(rs_\w*)"', open(os.path.join(loop, "model.json")).read())   # no custom op
     x = np.random.default_rng(3).standard_normal((2, 3, IMG, IMG)).astype("float32")
     _, score = Predictor(loop, cpu_threads=1).run_batch(x)
     with paddle.no_grad():
@@ -510,11 +516,23 @@ def test_export_scan_loop_and_fused_op_registration(tmp_path, monkeypatch):
     assert np.abs(score - ref).max() < 1e-4
     if ss.fused_ext() is None:
         pytest.skip("fused selective-scan extension unavailable here")
-    fused = export(net, tmp_path / "fused", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="fused")
+    fused = export(net, tmp_path / "fused", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="fused",
+                   conv="plain")
     assert "rs_selective_scan_fwd" in open(os.path.join(fused, "model.json")).read()
     monkeypatch.setitem(ss._EXT_STATE, "module", None)          # as on a machine without a compiler
     with pytest.raises(RuntimeError, match="--scan loop"):
         Predictor(fused, cpu_threads=1)
+    from paddle_rs.ops import conv
+    if conv.onednn_ext() is None:
+        return
+    onednn = export(net, tmp_path / "conv", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
+                    conv="onednn")
+    assert read_model_yml(onednn)["_Attributes"]["custom_ops"] == ["rs_conv2d_fwd"]
+    _, score = Predictor(onednn, cpu_threads=1).run_batch(x)
+    assert np.abs(score - ref).max() < 1e-4
+    monkeypatch.setitem(conv._EXT_STATE, "module", None)
+    with pytest.raises(RuntimeError, match="--conv plain"):
+        Predictor(onednn, cpu_threads=1)
 
 
 @pytest.mark.slow

@@ -521,7 +521,8 @@ def test_tipc_configs(name):
                                   for n in MODELS])
 def test_export_and_paddle_inference(name, tmp_path):
     """Export, then Paddle Inference == dygraph at two inputs. The graph has no interp op (paddle_rs.ops.resize);
-    the R50 export runs with oneDNN (model.yml onednn: true), Swin / ViTAE without (their fc fusion breaks)."""
+    the R50 export runs with oneDNN (model.yml onednn: true), Swin / ViTAE without (their fc fusion breaks) and
+    with their k > 1 convolutions as the oneDNN custom op instead."""
     from paddle_rs.deploy.export import export
     from paddle_rs.deploy.model_yml import read_model_yml
     from paddle_rs.deploy.predictor import Predictor
@@ -531,7 +532,14 @@ def test_export_and_paddle_inference(name, tmp_path):
     shape = [1, 3, 96, 96] if fixed else None
     export(pm, str(tmp_path / "static"), input_shape=shape, model_info={"model_name": name})
     assert "_interp" not in open(tmp_path / "static" / "model.json").read()
-    assert read_model_yml(str(tmp_path / "static"))["_Attributes"]["onednn"] is (name == "upernet_r50")
+    attrs = read_model_yml(str(tmp_path / "static"))["_Attributes"]
+    assert attrs["onednn"] is (name == "upernet_r50")
+    # without oneDNN in the predictor, the 3x3 convolutions go into the graph as the oneDNN custom op
+    from paddle_rs.ops.conv import onednn_ext
+    custom = name != "upernet_r50" and onednn_ext() is not None
+    assert attrs["conv_backend"] == ("onednn" if custom else "plain")
+    assert attrs["custom_ops"] == (["rs_conv2d_fwd"] if custom else [])
+    assert ("rs_conv2d_fwd" in open(tmp_path / "static" / "model.json").read()) is custom
     pred = Predictor(str(tmp_path / "static"), cpu_threads=2)
     assert pred.config.mkldnn_enabled() is (name == "upernet_r50")
     sizes = [(96, 96), (96, 96)] if fixed else [(64, 96), (96, 128)]

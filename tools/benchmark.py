@@ -55,6 +55,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no_train", action="store_true", help="skip the training-step timing")
     ap.add_argument("--no_inference", action="store_true", help="skip the Paddle Inference timing")
+    ap.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
+                    help="convolution backend of the timed export (deploy/export_model.py --conv)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     ap.add_argument("--scan_scaling", action="store_true",
                     help="time the family's sequence operator alone at --lengths (case hook scan_scaling)")
@@ -96,12 +98,13 @@ def main(argv=None):
         from paddle_rs.deploy.predictor import Predictor
         with tempfile.TemporaryDirectory() as d:
             export(pm, os.path.join(d, "static"), input_shape=list(x.shape),
-                   model_info={"model_name": args.model})
+                   model_info={"model_name": args.model}, conv=args.conv)
             pred = Predictor(os.path.join(d, "static"), cpu_threads=args.threads)
             # dygraph timed again, alternating with the predictor (the ratio's two sides under the same load)
             res["paddle_forward_vs_inference_s"], res["inference_forward_s"] = interleaved(
                 [p_fwd, lambda: pred.run_batch(x)], args.repeat)
             res["inference_onednn"] = bool(pred.config.mkldnn_enabled())
+            res["inference_conv"] = (pred.info.get("_Attributes") or {}).get("conv_backend")
     res["ratio_forward_paddle_over_torch"] = res["paddle_forward_s"] / res["torch_forward_s"]
     if "paddle_train_step_s" in res:
         res["ratio_train_step_paddle_over_torch"] = res["paddle_train_step_s"] / res["torch_train_step_s"]
@@ -111,6 +114,9 @@ def main(argv=None):
     for k, v in res.items():
         if k.endswith("_s"):
             print(f"  {k[:-2]:<28} {v * 1000:9.1f} ms")
+    if "inference_onednn" in res:
+        print(f"  inference: oneDNN {'on' if res['inference_onednn'] else 'off'}, convolutions "
+              f"{res['inference_conv'] or 'none'}")
     for k, v in res.items():
         if k.startswith("ratio_"):
             print(f"  {k:<40} {v:6.2f}")

@@ -34,7 +34,7 @@ from .model_yml import MODEL_TYPES, make_pipeline_yml, read_model_yml, write_mod
 __all__ = [
     "InferNet", "export", "parse_input_shape", "build_export_transforms", "make_export_model_yml",
     "load_weights_strict", "StrictLoadError", "build_from_model_dir", "resolve_registry_name",
-    "IMAGENET_MEAN", "IMAGENET_STD", "resolve_scan_backend", "SCAN_OP",
+    "IMAGENET_MEAN", "IMAGENET_STD", "resolve_scan_backend", "resolve_conv_backend", "SCAN_OP",
 ]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -346,6 +346,39 @@ def resolve_scan_backend(model: nn.Layer, scan: str = "auto") -> Optional[str]:
     return "loop"
 
 
+def _onednn_conv_layers(model: nn.Layer) -> int:
+    """How many of the model's convolutions :func:`paddle_rs.ops.conv.conv2d` would run on oneDNN (k > 1)."""
+    from paddle_rs.ops.conv import Conv2D
+    return sum(1 for m in [model] + list(model.sublayers())
+               if isinstance(m, Conv2D) and max(m.weight.shape[2:]) > 1)
+
+
+def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
+    """The convolution an export puts into the graph for the model's k > 1 ``paddle_rs.ops.conv.Conv2D`` layers
+    (None: it has none).
+
+    ``auto``: the oneDNN custom op (:data:`paddle_rs.ops.conv.CONV_OP`) when the model's predictor runs without
+    oneDNN (``onednn_inference`` False: Swin, ViTAE, FactSeg, RSMamba on Paddle 3.3.1; their Paddle Inference
+    would otherwise use the im2col convolution, 1.5-2x slower than oneDNN on 3x3 kernels) and the extension
+    builds here; otherwise the ordinary ``conv2d`` (``plain``), which a oneDNN predictor fuses with its BatchNorm
+    and activation. ``onednn`` fails when the extension is unavailable; ``plain`` gives a graph without custom
+    convolutions.
+    """
+    if conv not in ("auto", "onednn", "plain"):
+        raise ValueError(f"conv must be 'auto', 'onednn' or 'plain', got {conv!r}")
+    if not _onednn_conv_layers(model):
+        return None
+    if conv == "plain" or (conv == "auto" and getattr(model, "onednn_inference", False)):
+        return "plain"
+    from paddle_rs.ops.conv import onednn_ext
+    if onednn_ext() is not None:
+        return "onednn"
+    if conv == "onednn":
+        raise RuntimeError("conv='onednn' requested but the oneDNN conv2d extension cannot be built here (see the "
+                           "warning above: it needs g++ and oneDNN 3.x headers); export with conv='plain' instead")
+    return "plain"
+
+
 def _onednn_ready(model: nn.Layer, program_dir) -> bool:
     """Whether the predictor may run this export with oneDNN (``model.yml`` ``_Attributes.onednn``): the network
     says its graph runs correctly with oneDNN (attribute ``onednn_inference``, verified by the export tests at two
@@ -360,13 +393,15 @@ def _onednn_ready(model: nn.Layer, program_dir) -> bool:
 
 
 def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dict] = None,
-           task: Optional[str] = None, scan: str = "auto") -> str:
+           task: Optional[str] = None, scan: str = "auto", conv: str = "auto") -> str:
     """Export ``model`` for Paddle Inference into ``save_dir`` (porting.md §5.1 recipe).
 
     ``input_shape``: None (``[None, C, -1, -1]``), ``[h, w]`` or ``[n, c, h, w]`` (``n = -1`` dynamic batch).
     ``model_info``: see :func:`make_export_model_yml`. ``scan``: selective-scan backend of Mamba models (see
     :func:`resolve_scan_backend`); a fused export records ``custom_ops: [rs_selective_scan_fwd]`` in
     ``model.yml``, and :class:`~paddle_rs.deploy.predictor.Predictor` registers the op before loading.
+    ``conv``: convolution backend in the graph (see :func:`resolve_conv_backend`), recorded as
+    ``_Attributes.conv_backend``; ``onednn`` adds ``rs_conv2d_fwd`` to ``custom_ops``.
     Files are written into a temporary sibling directory and moved into place at the end, so a failed export
     leaves no half-written model behind. Returns the absolute ``save_dir``.
     """
@@ -381,6 +416,13 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     if backend is not None:
         info["_Attributes"]["scan_backend"] = backend
         info["_Attributes"]["custom_ops"] = [SCAN_OP] if backend == "fused" else []
+    conv_backend = resolve_conv_backend(model, conv)
+    if conv_backend is not None:
+        from paddle_rs.ops.conv import CONV_OP
+        info["_Attributes"]["conv_backend"] = conv_backend
+        ops = info["_Attributes"].setdefault("custom_ops", [])
+        if conv_backend == "onednn":
+            ops.append(CONV_OP)
     task = {v: k for k, v in MODEL_TYPES.items()}.get(info["_Attributes"]["model_type"], "seg")
     c = int(info["_Attributes"]["in_channels"])
     if fixed is None:
@@ -393,11 +435,14 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     parent = os.path.dirname(save_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_export_", dir=parent)
-    prev_scan = None
+    prev_scan = prev_conv = None
     try:
         if backend is not None:
             from paddle_rs.ops.selective_scan import set_static_scan
             prev_scan = set_static_scan(backend)
+        if conv_backend is not None:
+            from paddle_rs.ops.conv import set_static_conv
+            prev_conv = set_static_conv(conv_backend)
         net = InferNet(model, task=task)
         spec = [paddle.static.InputSpec(shape, "float32", name="image")]
         static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
@@ -421,6 +466,9 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
         if prev_scan is not None:
             from paddle_rs.ops.selective_scan import set_static_scan
             set_static_scan(prev_scan)
+        if prev_conv is not None:
+            from paddle_rs.ops.conv import set_static_conv
+            set_static_conv(prev_conv)
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         if was_training:

@@ -10,6 +10,11 @@
   warning**; ``False`` turns it off.
   oneDNN's convolutions make the CPU predictor ~1.9x faster than without (UperNet-R50, 512x512).
   ``enable_memory_optim`` is declined for PIR programs (Paddle#75496); legacy programs allow it;
+- custom ops (``model.yml`` ``_Attributes.custom_ops``) are registered before the program loads: the fused
+  selective scan (``rs_selective_scan_fwd``, RSMamba) and the oneDNN convolution (``rs_conv2d_fwd``, which exports
+  of models whose predictor runs without oneDNN carry; :func:`paddle_rs.deploy.export.resolve_conv_backend`). An
+  op that cannot be built here is an error naming the export flag that avoids it (``--scan loop`` /
+  ``--conv plain``);
 - GPU when requested and available (otherwise a warning and CPU); TensorRT is refused for segmenters.
 
 ``predict(images)`` -> one dict per image:
@@ -201,18 +206,25 @@ class Predictor:
     def _register_custom_ops(self, ops):
         """Load the libraries of the custom ops an export recorded (``model.yml`` ``_Attributes.custom_ops``)
         before the program is loaded; Paddle Inference cannot resolve them otherwise."""
-        unknown = [op for op in ops if op != "rs_selective_scan_fwd"]
+        from paddle_rs.ops.conv import CONV_OP
+        known = {
+            "rs_selective_scan_fwd": ("paddle_rs.ops.selective_scan", "fused_ext", "the fused selective-scan op",
+                                      "g++ with OpenMP", "--scan loop"),
+            CONV_OP: ("paddle_rs.ops.conv", "onednn_ext", "the oneDNN convolution op",
+                      "g++ and oneDNN 3.x headers (from the torch wheel or PADDLE_RS_ONEDNN_INCLUDE)", "--conv plain"),
+        }
+        unknown = [op for op in ops if op not in known]
         if unknown:
             raise RuntimeError(f"{self.model_dir}: model.yml lists custom ops this paddle_rs does not provide: "
                                f"{unknown}")
-        if ops:
-            from paddle_rs.ops.selective_scan import fused_ext
-            if fused_ext() is None:
+        import importlib
+        for op in ops:
+            module, loader, what, needs, flag = known[op]
+            if getattr(importlib.import_module(module), loader)() is None:
                 raise RuntimeError(
-                    f"{self.model_dir} was exported with the fused selective-scan op (rs_selective_scan_fwd), "
-                    f"whose C++ extension cannot be built on this machine (see the warning above; it needs g++ "
-                    f"with OpenMP). Install a compiler, or re-export with "
-                    f"`python deploy/export_model.py ... --scan loop` for a graph without custom ops")
+                    f"{self.model_dir} was exported with {what} ({op}), whose C++ extension cannot be built on "
+                    f"this machine (see the warning above; it needs {needs}). Install what it needs, or re-export "
+                    f"with `python deploy/export_model.py ... {flag}` for a graph without it")
 
     # ----------------------------------------------------------------------------------------------------
     @staticmethod

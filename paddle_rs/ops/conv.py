@@ -23,9 +23,14 @@ the same constructor, parameters (``weight [O, C/g, kh, kw]``, ``bias [O]``) and
 * 1x1 kernels: ``paddle.nn.functional.conv2d``. Paddle runs them as one GEMM on the NCHW data, on par with
   torch; oneDNN would add two layout reorders that cost as much as the convolution (256->64 at 128x128:
   4 ms forward in Paddle, 6 ms with oneDNN; 256->512 stride 2: 13 ms / 18 ms; forward+backward 17 / 38 ms).
-* anything else (static graph: ``paddle.jit.to_static`` with or without ``full_graph``, hence every export;
-  GPU; other dtypes or layouts; string or asymmetric padding; no extension): ``paddle.nn.functional.conv2d``.
-  Exported programs contain the ordinary ``conv2d`` op and need no custom operator.
+* static graph (``paddle.jit.to_static``, hence every export): the ordinary ``conv2d`` op by default, or, after
+  ``set_static_conv("onednn")``, the ``rs_conv2d_fwd`` custom op for the same kernels as in dygraph (forward
+  only; the graph then needs the op library registered before loading, which
+  :class:`paddle_rs.deploy.predictor.Predictor` does from ``model.yml``). This is for Paddle Inference runs
+  without oneDNN: Paddle 3.3.1 cannot run the Swin / ViTAE / FactSeg / RSMamba graphs with oneDNN enabled, so
+  their predictor would fall back to the im2col convolution (see :mod:`paddle_rs.deploy.export`).
+* anything else (GPU; other dtypes or layouts; string or asymmetric padding; no extension):
+  ``paddle.nn.functional.conv2d``.
 
 Numerics: a direct convolution sums in another order than im2col + GEMM; results agree with Paddle's and torch's
 to fp32 rounding (~1e-6 relative), gradients included (torch's CPU convolution is oneDNN as well: the parity of
@@ -50,7 +55,7 @@ from paddle.autograd import PyLayer
 
 from ._build import cache_dir, load_once, load_quietly
 
-__all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext"]
+__all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext", "set_static_conv", "CONV_OP"]
 
 _EXT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "conv2d_onednn_cpu.cc")
 _EXT_CFLAGS = ["-O3", "-march=native"]
@@ -196,6 +201,36 @@ def _onednn_ok(x, weight, bias, data_format):
             and weight.place.is_cpu_place() and x.size > 0 and _amp_off() and onednn_ext() is not None)
 
 
+CONV_OP = "rs_conv2d_fwd"
+_STATIC_BACKEND = {"onednn": False}
+
+
+def set_static_conv(backend):
+    """What ``paddle.jit.to_static`` puts into a graph for the convolutions of :func:`conv2d`:
+
+    * ``"plain"`` (default): the ordinary ``conv2d`` op; the program runs in any Paddle Inference build.
+    * ``"onednn"``: the :data:`CONV_OP` custom op (forward) for every convolution the dygraph path would run on
+      oneDNN (kernels larger than 1x1, symmetric zero padding, fp32 NCHW); 1x1 kernels stay ``conv2d``. The
+      process that runs the program must register the op first (:func:`onednn_ext`).
+
+    Returns the previous backend. Raises ``RuntimeError`` for ``"onednn"`` when the extension is unavailable.
+    """
+    if backend not in ("plain", "onednn"):
+        raise ValueError(f"backend must be 'plain' or 'onednn', got {backend!r}")
+    if backend == "onednn" and onednn_ext() is None:
+        raise RuntimeError("the oneDNN conv2d extension is unavailable (see the earlier warning)")
+    prev = "onednn" if _STATIC_BACKEND["onednn"] else "plain"
+    _STATIC_BACKEND["onednn"] = backend == "onednn"
+    return prev
+
+
+def _static_ok(x, weight, bias, data_format):
+    """The static-graph counterpart of :func:`_onednn_ok` (no place / AMP in a program; dtypes of the Values)."""
+    return (_STATIC_BACKEND["onednn"] and not paddle.in_dynamic_mode() and data_format == "NCHW"
+            and len(x.shape) == 4 and len(weight.shape) == 4 and x.dtype == paddle.float32
+            and weight.dtype == paddle.float32 and (bias is None or bias.dtype == paddle.float32))
+
+
 class Conv2dFn(PyLayer):
     """``(x [N,C,H,W], weight [O,C/g,kh,kw], bias [O] | None, stride, padding, dilation: [2] ints, groups)
     -> y`` on the oneDNN ops; the backward computes only the gradients that are needed."""
@@ -226,10 +261,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, data
     if _in_sot():   # checked first and apart: the translator intercepts this call (-> True) and then emits conv2d
         return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
                         data_format=data_format)
-    if _onednn_ok(x, weight, bias, data_format) and (weight.shape[2] > 1 or weight.shape[3] > 1):
+    static = _static_ok(x, weight, bias, data_format)
+    if (static or _onednn_ok(x, weight, bias, data_format)) and (weight.shape[2] > 1 or weight.shape[3] > 1):
         st, pad, dil = _pair(stride), _padding(padding), _pair(dilation)
         if st is not None and pad is not None and dil is not None and min(st + dil) >= 1:
             args = (st, pad, dil, int(groups))
+            if static:   # an export: forward only
+                b = bias if bias is not None else paddle.zeros([1], dtype="float32")
+                return onednn_ext().rs_conv2d_fwd(x, weight, b, *args, bias is not None)
             if paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in (x, weight, bias)):
                 return Conv2dFn.apply(x, weight, bias, *args)
             return onednn_ext().rs_conv2d_fwd(x.contiguous(), weight.contiguous(), _bias_arg(bias), *args,
