@@ -73,22 +73,19 @@ KNOWN = {d.id: d for d in [
         "oneDNN one of paddle_rs/ops/conv.py) and the gradient norms are bounded here", 5e-2,
         per_key=(("grad_global_norm", 1e-3, "rel"), ("grad_norm_step0", 1e-3, "rel"))),
     KnownDivergence(
-        "D12", "the UperNet multi-step fp32 training trajectories follow the fp32 gradient noise (D11)",
-        "10 steps of the real recipes (align/04_backward.py; schedule compressed to the run, train mode, drop path "
-        "and dropout 0) on one fixed 2x3x128x128 batch: step 0 agrees (loss <= 2e-7 relative; gradient norm <= "
-        "6e-5 relative on R50 / ViTAE, 1.5e-4 on Swin, D11) and so do the LR sequences (<= 1e-18), but from step 2-4 on the noisy gradients (D11) "
-        "steer the trajectory -- SGD lr 0.01 on R50, and AdamW, whose normalised update moves every parameter by "
-        "~lr whatever the gradient's size, on Swin / ViTAE. The reference disagrees with itself (torch fp32 vs "
-        "torch fp64) by 1.0e-2 (R50), 1.4e-3 (Swin-T) and 2.5e-3 (ViTAEv2-S) relative in the loss; Paddle fp32 vs "
-        "torch fp32: 3.2e-3, 6.4e-4, 1.8e-3 relative (2.6e-3, 6.6e-4, 3.2e-3 before the oneDNN convolution; at most 5.9e-3 abs), gradient norm per step up to 6.6 abs "
-        "(of 2-11), parameters after 10 steps 7.1e-3 / 1.6e-4 / 2.4e-4 max abs (reference vs itself 1.1e-2 / "
-        "1.8e-4 / 2.2e-4). It is not precision: in float64 both frameworks start equal (step-0 loss <= 1.7e-12, "
-        "gradient norm <= 6.7e-9 relative: Paddle's float32 bilinear weights, D8) and the trajectory still amplifies "
-        "that ~10x per step (ReLU / max-pool / train-mode BN on 4x4 maps): the losses stay within 1e-5 relative for "
-        "5 / 9 / 7 of the 10 steps and end 3.0e-3 / 3.8e-5 / 1.6e-4 apart (train64_* keys). The recipe itself is "
-        "checked strictly on the probe network (probe_* keys)", 3e-2,
-        per_key=(("loss_per_step", 1e-2, "rel"), ("grad_norm_per_step", 1.5, "rel"),
-                 ("params_after_steps", 3e-2, "abs"))),
+        "D12", "UperNet training in fp32: gradient norms and updated parameters carry the fp32 gradient noise (D11)",
+        "10 steps of the real recipes (align/04_backward.py: batch 8 as configured, schedule compressed to the "
+        "run, from the conditioned weights settled by 20 recipe steps). The losses agree to the issue's 1e-5 "
+        "(Paddle fp32 vs torch fp32: 1.0e-6 / 7.4e-7 / 9.2e-6 relative for R50 / Swin-T / ViTAEv2-S; the reference "
+        "vs itself, torch fp32 vs torch fp64: 4.2e-7 / 1.1e-6 / 8.7e-6), and in float64 every check agrees "
+        "(loss <= 1.4e-10 rel, parameters <= 3.5e-8). The fp32 gradient norm per step differs by 1.6e-3 / 2.0e-4 / "
+        "4.0e-3 relative and the parameters after 10 steps by 2.8e-5 / 5.7e-5 / 1.05e-4 max abs (mean 1.4e-8 / "
+        "4.0e-7 / 1.2e-6): the size of the reference's own fp32-vs-fp64 gaps (1.2e-3 / 2.7e-4 / 2.0e-3 in the "
+        "gradient norm, 2.5e-5 / 1.1e-4 / 1.1e-4 in the parameters). The fp32 gradients are noisy in the reference "
+        "itself (D11: ReLU gates, max-pool routes and BN cancellations decided by rounding), SGD lr 0.01 turns that "
+        "into parameter noise, and AdamW's normalised step moves parameters with small gradients by ~lr whatever "
+        "the noise", 1e-2,
+        per_key=(("grad_norm_per_step", 1e-2, "rel"), ("params_after_steps", 3e-4, "abs"))),
     KnownDivergence(
         "D13", "AdamW moves a parameter whose exact gradient is 0 by +-lr per step from rounding noise",
         "a conv bias followed by train-mode BatchNorm has a mathematically zero gradient (BN removes the mean); "
@@ -97,5 +94,5 @@ KNOWN = {d.id: d for d in [
         "(align/04_backward.py, 10 compressed steps, sum of LRs 1.9e-4) the probe's conv.bias differs by 1.28e-5 "
         "while every other probe parameter agrees to <= 1.2e-7; the bound is the largest possible gap, "
         "2 x the sum of the LRs. (SGD leaves such a parameter at lr x noise: no visible gap.) The same mechanism "
-        "moves e.g. ViTAE's PCM conv biases in the full models (part of D12)", 4e-4),
+        "moves ViTAE's PCM conv biases in the full model by up to 6.1e-5 (train_params_zero_grad_biases)", 4e-4),
 ]}
