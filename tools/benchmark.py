@@ -64,7 +64,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
-    import numpy as np
     import paddle
     import torch
 

@@ -23,7 +23,6 @@ import tempfile
 import warnings
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
