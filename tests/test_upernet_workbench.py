@@ -520,33 +520,36 @@ def test_tipc_configs(name):
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "upernet_r50" else pytest.mark.slow)
                                   for n in MODELS])
 def test_export_and_paddle_inference(name, tmp_path):
-    """Export, then Paddle Inference == dygraph at two inputs. The graph has no interp op (paddle_rs.ops.resize);
-    the R50 export runs with oneDNN (model.yml onednn: true), Swin / ViTAE without (their fc fusion breaks) and
-    with their k > 1 convolutions as the oneDNN custom op instead."""
+    """Export, then Paddle Inference == dygraph at two input sizes: R50 one dynamic-shape export run at 64x96 and
+    96x128; Swin / ViTAE (whose shifted-window masks are built from static sizes) one fixed-shape export per size,
+    96 and 128. The graph has no interp op (paddle_rs.ops.resize); the R50 export runs with oneDNN (model.yml
+    onednn: true), Swin / ViTAE without (their fc fusion breaks) and with their k > 1 convolutions as the oneDNN
+    custom op instead."""
     from paddle_rs.deploy.export import export
     from paddle_rs.deploy.model_yml import read_model_yml
     from paddle_rs.deploy.predictor import Predictor
+    from paddle_rs.ops.conv import onednn_ext
     pm = _small(name, paddle_rs)
     pm.eval()
     fixed = name != "upernet_r50"
-    shape = [1, 3, 96, 96] if fixed else None
-    export(pm, str(tmp_path / "static"), input_shape=shape, model_info={"model_name": name})
-    assert "_interp" not in open(tmp_path / "static" / "model.json").read()
-    attrs = read_model_yml(str(tmp_path / "static"))["_Attributes"]
-    assert attrs["onednn"] is (name == "upernet_r50")
-    # without oneDNN in the predictor, the 3x3 convolutions go into the graph as the oneDNN custom op
-    from paddle_rs.ops.conv import onednn_ext
-    custom = name != "upernet_r50" and onednn_ext() is not None
-    assert attrs["conv_backend"] == ("onednn" if custom else "plain")
-    assert attrs["custom_ops"] == (["rs_conv2d_fwd"] if custom else [])
-    assert ("rs_conv2d_fwd" in open(tmp_path / "static" / "model.json").read()) is custom
-    pred = Predictor(str(tmp_path / "static"), cpu_threads=2)
-    assert pred.config.mkldnn_enabled() is (name == "upernet_r50")
-    sizes = [(96, 96), (96, 96)] if fixed else [(64, 96), (96, 128)]
-    for seed, (h, w) in enumerate(sizes):
-        x = np.random.RandomState(seed).randn(1, 3, h, w).astype("float32")
-        with paddle.no_grad():
-            ref = paddle.nn.functional.softmax(pm(paddle.to_tensor(x)), axis=1).numpy()
-        label, score = pred.run_batch(x)
-        assert np.abs(score.transpose(0, 3, 1, 2) - ref).max() <= 1e-4
-        assert np.array_equal(np.asarray(label), ref.argmax(1))
+    custom = fixed and onednn_ext() is not None
+    exports = [([1, 3, s, s], [(s, s)]) for s in (96, 128)] if fixed else [(None, [(64, 96), (96, 128)])]
+    for k, (shape, sizes) in enumerate(exports):
+        out = tmp_path / f"static{k}"
+        export(pm, str(out), input_shape=shape, model_info={"model_name": name})
+        assert "_interp" not in open(out / "model.json").read()
+        attrs = read_model_yml(str(out))["_Attributes"]
+        assert attrs["onednn"] is (name == "upernet_r50")
+        # without oneDNN in the predictor, the 3x3 convolutions go into the graph as the oneDNN custom op
+        assert attrs["conv_backend"] == ("onednn" if custom else "plain")
+        assert attrs["custom_ops"] == (["rs_conv2d_fwd"] if custom else [])
+        assert ("rs_conv2d_fwd" in open(out / "model.json").read()) is custom
+        pred = Predictor(str(out), cpu_threads=2)
+        assert pred.config.mkldnn_enabled() is (name == "upernet_r50")
+        for seed, (h, w) in enumerate(sizes):
+            x = np.random.RandomState(seed).randn(1, 3, h, w).astype("float32")
+            with paddle.no_grad():
+                ref = paddle.nn.functional.softmax(pm(paddle.to_tensor(x)), axis=1).numpy()
+            label, score = pred.run_batch(x)
+            assert np.abs(score.transpose(0, 3, 1, 2) - ref).max() <= 1e-4
+            assert np.array_equal(np.asarray(label), ref.argmax(1))
