@@ -251,4 +251,4 @@ def test_set_static_conv_validates(monkeypatch):
     monkeypatch.setitem(conv._EXT_STATE, "module", None)          # as on a machine without a compiler
     with pytest.raises(RuntimeError, match="unavailable"):
         conv.set_static_conv("onednn")
-    assert conv._STATIC_BACKEND["onednn"] is False
+    assert conv._STATIC.custom_on is False

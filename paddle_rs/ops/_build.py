@@ -76,3 +76,25 @@ def load_once(state, env_var, what, fallback, build):
         state["build_s"] = time.perf_counter() - t0
     state["module"] = module
     return module
+
+
+class StaticBackend:
+    """Which implementation ``paddle.jit.to_static`` puts into a graph for an operator that also has a custom C++
+    op: ``plain`` (pure Paddle ops, the default; runs in any Paddle Inference build) or ``custom`` (the op of the
+    extension that ``loader()`` returns, ``None`` when it cannot be built). Used by the ``set_static_*``
+    functions of :mod:`paddle_rs.ops.conv` and :mod:`paddle_rs.ops.selective_scan`."""
+
+    def __init__(self, plain, custom, loader, what):
+        self.plain, self.custom, self.loader, self.what = plain, custom, loader, what
+        self.custom_on = False
+
+    def set(self, backend):
+        """Switch to ``backend``; returns the previous one. Raises ``ValueError`` for an unknown name and
+        ``RuntimeError`` for ``custom`` when the extension is unavailable (the switch is then unchanged)."""
+        if backend not in (self.plain, self.custom):
+            raise ValueError(f"backend must be {self.plain!r} or {self.custom!r}, got {backend!r}")
+        if backend == self.custom and self.loader() is None:
+            raise RuntimeError(f"the {self.what} extension is unavailable (see the earlier warning)")
+        prev = self.custom if self.custom_on else self.plain
+        self.custom_on = backend == self.custom
+        return prev

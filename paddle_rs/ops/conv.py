@@ -53,7 +53,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-from ._build import cache_dir, load_once, load_quietly
+from ._build import StaticBackend, cache_dir, load_once, load_quietly
 
 __all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext", "set_static_conv", "CONV_OP"]
 
@@ -202,7 +202,7 @@ def _onednn_ok(x, weight, bias, data_format):
 
 
 CONV_OP = "rs_conv2d_fwd"
-_STATIC_BACKEND = {"onednn": False}
+_STATIC = StaticBackend("plain", "onednn", lambda: onednn_ext(), "oneDNN conv2d")
 
 
 def set_static_conv(backend):
@@ -215,18 +215,12 @@ def set_static_conv(backend):
 
     Returns the previous backend. Raises ``RuntimeError`` for ``"onednn"`` when the extension is unavailable.
     """
-    if backend not in ("plain", "onednn"):
-        raise ValueError(f"backend must be 'plain' or 'onednn', got {backend!r}")
-    if backend == "onednn" and onednn_ext() is None:
-        raise RuntimeError("the oneDNN conv2d extension is unavailable (see the earlier warning)")
-    prev = "onednn" if _STATIC_BACKEND["onednn"] else "plain"
-    _STATIC_BACKEND["onednn"] = backend == "onednn"
-    return prev
+    return _STATIC.set(backend)
 
 
 def _static_ok(x, weight, bias, data_format):
     """The static-graph counterpart of :func:`_onednn_ok` (no place / AMP in a program; dtypes of the Values)."""
-    return (_STATIC_BACKEND["onednn"] and not paddle.in_dynamic_mode() and data_format == "NCHW"
+    return (_STATIC.custom_on and not paddle.in_dynamic_mode() and data_format == "NCHW"
             and len(x.shape) == 4 and len(weight.shape) == 4 and x.dtype == paddle.float32
             and weight.dtype == paddle.float32 and (bias is None or bias.dtype == paddle.float32))
 

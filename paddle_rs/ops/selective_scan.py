@@ -58,7 +58,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-from ._build import cache_dir, load_once, load_quietly
+from ._build import StaticBackend, cache_dir, load_once, load_quietly
 
 __all__ = ["CHUNK_SIZE", "softplus", "selective_scan", "selective_scan_blc", "selective_scan_ref",
            "SelectiveScanFn", "FusedSelectiveScanFn", "fused_ext", "set_static_scan"]
@@ -354,7 +354,7 @@ class FusedSelectiveScanFn(PyLayer):
         return tuple(g if need else None for g, need, here in zip(grads, ctx.needs, ctx.present) if here)
 
 
-_STATIC_BACKEND = {"fused": False}
+_STATIC = StaticBackend("loop", "fused", lambda: fused_ext(), "fused selective-scan")
 
 
 def set_static_scan(backend):
@@ -368,18 +368,12 @@ def set_static_scan(backend):
 
     Returns the previous backend. Raises ``RuntimeError`` for ``"fused"`` when the extension is unavailable.
     """
-    if backend not in ("loop", "fused"):
-        raise ValueError(f"backend must be 'loop' or 'fused', got {backend!r}")
-    if backend == "fused" and fused_ext() is None:
-        raise RuntimeError("the fused selective-scan extension is unavailable (see the earlier warning)")
-    prev = "fused" if _STATIC_BACKEND["fused"] else "loop"
-    _STATIC_BACKEND["fused"] = backend == "fused"
-    return prev
+    return _STATIC.set(backend)
 
 
 @paddle.jit.not_to_static
 def _static_fused():
-    return _STATIC_BACKEND["fused"]
+    return _STATIC.custom_on
 
 
 @paddle.jit.not_to_static
