@@ -345,11 +345,10 @@ def resolve_scan_backend(model: nn.Layer, scan: str = "auto") -> Optional[str]:
     return "loop"
 
 
-def _onednn_conv_layers(model: nn.Layer) -> int:
-    """How many of the model's convolutions :func:`paddle_rs.ops.conv.conv2d` would run on oneDNN (k > 1)."""
+def _has_onednn_convs(model: nn.Layer) -> bool:
+    """Whether any of the model's convolutions would run on oneDNN in :func:`paddle_rs.ops.conv.conv2d` (k > 1)."""
     from paddle_rs.ops.conv import Conv2D
-    return sum(1 for m in [model] + list(model.sublayers())
-               if isinstance(m, Conv2D) and max(m.weight.shape[2:]) > 1)
+    return any(isinstance(m, Conv2D) and max(m.weight.shape[2:]) > 1 for m in [model] + list(model.sublayers()))
 
 
 def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
@@ -365,7 +364,7 @@ def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
     """
     if conv not in ("auto", "onednn", "plain"):
         raise ValueError(f"conv must be 'auto', 'onednn' or 'plain', got {conv!r}")
-    if not _onednn_conv_layers(model):
+    if not _has_onednn_convs(model):
         return None
     if conv == "plain" or (conv == "auto" and getattr(model, "onednn_inference", False)):
         return "plain"
