@@ -529,7 +529,14 @@ def test_export_and_paddle_inference(name, tmp_path):
     from paddle_rs.deploy.model_yml import read_model_yml
     from paddle_rs.deploy.predictor import Predictor
     from paddle_rs.ops.conv import onednn_ext
+    from align.cases.upernet import condition_weights
+    from convert.api import copy_torch_to_paddle
+    # conditioned weights (as the parity checks use): a plain random-init ResNet-50 amplifies fp32 rounding
+    # through its blocks, so the oneDNN predictor's fused conv+BN would drift from dygraph by ~1e-4 on the
+    # scores (measured up to 1.06e-4, varying from run to run) and the check would measure the random network
+    torch.manual_seed(0)
     pm = _small(name, paddle_rs)
+    copy_torch_to_paddle(condition_weights(_small(name, torch_ref), 1, 96), pm)
     pm.eval()
     fixed = name != "upernet_r50"
     custom = fixed and onednn_ext() is not None
