@@ -54,6 +54,8 @@ import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 from ._build import StaticBackend, cache_dir, load_once, load_quietly
+from ._mode import amp_off as _amp_off
+from ._mode import in_sot as _in_sot
 
 __all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext", "set_static_conv", "CONV_OP"]
 
@@ -180,18 +182,6 @@ def _padding(v):
 def _bias_arg(bias):
     """The op's bias input: the bias, or a 1-element placeholder (``has_bias=False``)."""
     return bias.contiguous() if bias is not None else paddle.empty([1], dtype="float32")
-
-
-try:   # True while paddle.jit.to_static's bytecode translator (SOT, full_graph=False) simulates the code
-    from paddle.jit.sot.psdb import in_sot as _in_sot
-except ImportError:   # pragma: no cover - Paddle without SOT
-    def _in_sot():
-        return False
-
-
-def _amp_off():
-    from paddle.base import core
-    return core._get_amp_attrs()._amp_level == core.AmpLevel.O0
 
 
 def _onednn_ok(x, weight, bias, data_format):

@@ -1,0 +1,28 @@
+"""Execution-mode predicates shared by the dygraph fast paths of :mod:`paddle_rs.ops` (conv, linear).
+
+A fast path replaces a Paddle op by a faster formulation *in dygraph on CPU in fp32 only*; everything else
+(static graphs and so every export, GPU, other dtypes, AMP) keeps the ordinary op, so exported programs and
+non-CPU runs are unaffected.
+"""
+import paddle
+
+__all__ = ["in_sot", "amp_off", "dygraph_cpu_fp32"]
+
+try:   # True while paddle.jit.to_static's bytecode translator (SOT, full_graph=False) simulates the code
+    from paddle.jit.sot.psdb import in_sot
+except ImportError:   # pragma: no cover - Paddle without SOT
+    def in_sot():
+        return False
+
+
+def amp_off():
+    """No ``paddle.amp.auto_cast`` block is active (AMP decides dtypes per op; fast paths leave it alone)."""
+    from paddle.base import core
+    return core._get_amp_attrs()._amp_level == core.AmpLevel.O0
+
+
+def dygraph_cpu_fp32(*tensors):
+    """Dygraph, outside SOT and AMP, and every given tensor (``None`` skipped) is a float32 CPU tensor."""
+    if not paddle.in_dynamic_mode() or in_sot() or not amp_off():
+        return False
+    return all(t is None or (t.dtype == paddle.float32 and t.place.is_cpu_place()) for t in tensors)
