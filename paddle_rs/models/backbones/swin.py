@@ -21,6 +21,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ...ops.conv import Conv2D
+from ...ops.elementwise import broadcast_add
+from ...ops.linear import Linear
 from .. import init
 
 __all__ = ["permute", "crop_hw", "DropPath", "Mlp", "window_partition", "window_reverse", "relative_position_index",
@@ -80,8 +82,9 @@ def make_drop_path(p):
 
 
 def linear(in_f, out_f, bias=True):
-    """nn.Linear with the reference init: trunc_normal(std .02) weight, zero bias."""
-    m = nn.Linear(in_f, out_f, bias_attr=None if bias else False)
+    """Linear (:class:`paddle_rs.ops.linear.Linear`) with the reference init: trunc_normal(std .02) weight, zero
+    bias."""
+    m = Linear(in_f, out_f, bias_attr=None if bias else False)
     init.trunc_normal_(m.weight, std=0.02)
     if m.bias is not None:
         init.constant_(m.bias, 0.0)
@@ -173,10 +176,10 @@ class WindowAttention(nn.Layer):
         q, k, v = paddle.unbind(qkv, 0)          # not qkv[i]: a slice's backward is ~4x slower on CPU
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index, axis=0)
-        attn = attn + permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0)
+        attn = broadcast_add(attn, permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0))
         if mask is not None:
             nW = mask.shape[0]
-            attn = attn.reshape([-1, nW, nH, N, N]) + mask.unsqueeze(1).unsqueeze(0)
+            attn = broadcast_add(attn.reshape([-1, nW, nH, N, N]), mask.unsqueeze(1).unsqueeze(0))
             attn = attn.reshape([-1, nH, N, N])
         attn = self.attn_drop(F.softmax(attn, axis=-1))
         x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, C])

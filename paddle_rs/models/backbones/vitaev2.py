@@ -18,6 +18,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ...ops.conv import Conv2D
+from ...ops.elementwise import broadcast_add
 from .. import init
 from .swin import (Mlp, crop_hw, linear, make_drop_path, permute, relative_position_index, window_partition,
                    window_reverse)
@@ -93,7 +94,7 @@ class WindowAttention(nn.Layer):
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         if self.relative_pos:
             bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index, axis=0)
-            attn = attn + permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0)
+            attn = broadcast_add(attn, permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0))
         attn = self.attn_drop(F.softmax(attn, axis=-1))
         x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, self.dim])
         return self.proj_drop(self.proj(x))

@@ -1,0 +1,89 @@
+"""Dygraph CPU fast paths of paddle_rs.ops (Linear through addmm, broadcast_add through expand) and the tools'
+allocator tuning: same results as the plain Paddle ops, plain ops in static graphs."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from paddle_rs.ops.elementwise import broadcast_add
+from paddle_rs.ops.linear import Linear, linear
+
+
+def _grads(fn, tensors, gy):
+    out = fn()
+    return [out] + list(paddle.grad([out], tensors, [gy]))
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 7), (2, 9, 7), (2, 3, 4, 7)])
+def test_linear_matches_functional_linear(shape):
+    paddle.seed(0)
+    m = Linear(7, 11)
+    m.bias.set_value(paddle.randn([11]))
+    x = paddle.randn(list(shape))
+    x.stop_gradient = False
+    gy = paddle.randn(list(shape[:-1]) + [11])
+    got = _grads(lambda: m(x), [x, m.weight, m.bias], gy)
+    want = _grads(lambda: F.linear(x, m.weight, m.bias), [x, m.weight, m.bias], gy)
+    assert got[0].shape == want[0].shape
+    # addmm adds the bias inside the GEMM: one float32 rounding apart at most; the gradients are the same ops
+    np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-6, atol=1e-6)
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_linear_keeps_nn_linear_parameters_and_plain_paths():
+    m = Linear(4, 3, bias_attr=False)
+    assert list(m.state_dict()) == list(paddle.nn.Linear(4, 3, bias_attr=False).state_dict()) == ["weight"]
+    x = paddle.randn([2, 4])
+    np.testing.assert_array_equal(m(x).numpy(), F.linear(x, m.weight).numpy())      # no bias: F.linear
+    x64, w64, b64 = (paddle.randn(s).astype("float64") for s in ([2, 4], [4, 3], [3]))
+    np.testing.assert_array_equal(linear(x64, w64, b64).numpy(), F.linear(x64, w64, b64).numpy())
+
+
+def _saved_program(layer, spec, path):
+    paddle.jit.save(paddle.jit.to_static(layer, input_spec=spec, full_graph=True), str(path))
+    return open(str(path) + ".json").read()
+
+
+def test_static_graph_keeps_plain_ops(tmp_path):
+    program = _saved_program(Linear(4, 3), [paddle.static.InputSpec([None, 4], "float32")], tmp_path / "lin")
+    assert "addmm" not in program and "matmul" in program
+
+    class Add(paddle.nn.Layer):
+        def forward(self, x):
+            return broadcast_add(x, paddle.ones([1, 3]))
+
+    program = _saved_program(Add(), [paddle.static.InputSpec([None, 3], "float32")], tmp_path / "add")
+    assert "expand" not in program and "add" in program
+
+
+@pytest.mark.parametrize("xs,ys", [((4, 3, 5, 5), (1, 3, 5, 5)), ((2, 6, 3, 5, 5), (1, 6, 1, 5, 5)),
+                                   ((4, 5), (5,)), ((3, 4), (3, 4))])
+def test_broadcast_add_equals_add(xs, ys):
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal(xs).astype("float32"), stop_gradient=False)
+    y = paddle.to_tensor(rng.standard_normal(ys).astype("float32"), stop_gradient=False)
+    gy = paddle.to_tensor(rng.standard_normal(xs).astype("float32"))
+    got = _grads(lambda: broadcast_add(x, y), [x, y], gy)
+    want = _grads(lambda: x + y, [x, y], gy)
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    np.testing.assert_allclose(got[2].numpy(), want[2].numpy(), rtol=1e-6, atol=1e-6)   # a reduction, any order
+
+
+def _tune_in_subprocess(env):
+    code = "from paddle_rs.utils.runtime import tune_cpu_malloc; print(tune_cpu_malloc())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_tune_cpu_malloc_sets_thresholds_and_can_be_turned_off():
+    assert _tune_in_subprocess({}) == "{'mmap_threshold': 1073741824, 'trim_threshold': 1073741824}"
+    assert _tune_in_subprocess({"PADDLE_RS_TUNE_MALLOC": "0"}) == "None"
+    assert _tune_in_subprocess({"MALLOC_MMAP_THRESHOLD_": "65536"}) == "None"     # the user's own setting wins
