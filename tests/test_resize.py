@@ -28,6 +28,35 @@ def test_matrix_form_equals_interpolate(mode, align, src, dst):
     assert ((rows != 0).sum(1) <= (1 if mode == "nearest" else 2)).all()
 
 
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("src,dst", [((7, 5), (28, 20)), ((16, 16), (128, 128)), ((13, 9), (6, 4)), ((1, 1), (3, 4))])
+def test_dygraph_bilinear_is_the_matrix_form_and_matches_interpolate(align, src, dst):
+    """Dygraph bilinear on CPU runs as two matmuls; forward and input gradient equal F.interpolate's to ulps, and
+    the result is exactly A_h @ x @ A_w^T."""
+    rng = np.random.default_rng(2)
+    x = paddle.to_tensor(rng.standard_normal((2, 3) + src).astype("float32"), stop_gradient=False)
+    gy = paddle.to_tensor(rng.standard_normal((2, 3) + dst).astype("float32"))
+    got = interpolate(x, dst, "bilinear", align)
+    (g_got,) = paddle.grad([got], [x], [gy])
+    ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=align)
+    (g_ref,) = paddle.grad([ref], [x], [gy])
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=0, atol=5e-6 * np.abs(ref.numpy()).max())
+    np.testing.assert_allclose(g_got.numpy(), g_ref.numpy(), rtol=0, atol=5e-6 * np.abs(g_ref.numpy()).max())
+    a_h, a_w = interp_matrix(src[0], dst[0], "bilinear", align), interp_matrix(src[1], dst[1], "bilinear", align)
+    dense = paddle.matmul(paddle.matmul(x.reshape([-1, src[1]]), a_w, transpose_y=True).reshape([6, src[0], dst[1]])
+                          .transpose([0, 2, 1]), a_h, transpose_y=True).transpose([0, 2, 1])
+    np.testing.assert_allclose(got.numpy().reshape(6, *dst), dense.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_dygraph_nearest_and_float64_use_interpolate():
+    x = paddle.to_tensor(np.random.default_rng(3).standard_normal((1, 2, 5, 7)))
+    np.testing.assert_array_equal(interpolate(x, (9, 4), "bilinear").numpy(),
+                                  F.interpolate(x, size=(9, 4), mode="bilinear", align_corners=False).numpy())
+    x32 = x.astype("float32")
+    np.testing.assert_array_equal(interpolate(x32, (9, 4), "nearest").numpy(),
+                                  F.interpolate(x32, size=(9, 4), mode="nearest").numpy())
+
+
 class _Net(paddle.nn.Layer):
     def __init__(self, mode, align):
         super().__init__()
