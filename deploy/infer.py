@@ -118,7 +118,9 @@ def main(argv=None):
     from paddle_rs.data.raster_io import (make_palette, read_image, write_geotiff, write_image_png,
                                           write_mask_png)
     from paddle_rs.deploy.predictor import Predictor
+    from paddle_rs.utils.runtime import tune_cpu_malloc
 
+    tune_cpu_malloc()   # reuse freed tensor memory (paddle_rs/utils/runtime.py); PADDLE_RS_TUNE_MALLOC=0: off
     pred = Predictor(args.model_dir, device=args.device, gpu_id=args.gpu_id, cpu_threads=args.cpu_threads,
                      enable_mkldnn=args.enable_mkldnn, topk=args.topk)
     files = _list_images(args.image)

@@ -27,19 +27,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+PAUSE_S = 0.3
+
+
 def timeit(fn, repeat, warmup=2):
     return interleaved([fn], repeat, warmup)[0]
 
 
-def interleaved(fns, repeat, warmup=2):
+def interleaved(fns, repeat, warmup=2, pause=None):
     """Median seconds of each function, timed in alternating rounds (A B A B ...): on shared cores the machine's
-    speed drifts by 10-30 % over a minute, which would bias a ratio of two blocks timed one after the other."""
+    speed drifts by 10-30 % over a minute, which would bias a ratio of two blocks timed one after the other.
+
+    Each timed call starts ``pause`` seconds (default :data:`PAUSE_S`) after the previous one ended: Paddle runs
+    on Intel OpenMP, whose idle workers spin for 200 ms (``KMP_BLOCKTIME``) after a parallel region, and torch
+    on GNU OpenMP; without the pause one framework's spinning threads take cores from the other's timed call
+    (measured on UperNet-Swin-T: the Paddle/torch forward ratio reads 1.12 without the pause, 1.19 with it)."""
+    pause = PAUSE_S if pause is None else pause
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
     for _ in range(repeat):
         for i, fn in enumerate(fns):
+            time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)
@@ -57,12 +67,17 @@ def main(argv=None):
     ap.add_argument("--no_inference", action="store_true", help="skip the Paddle Inference timing")
     ap.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
                     help="convolution backend of the timed export (deploy/export_model.py --conv)")
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="glibc allocator thresholds for the whole process, both frameworks "
+                         "(paddle_rs.utils.runtime.tune_cpu_malloc, as train/eval/infer use; 'default': glibc's)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     ap.add_argument("--scan_scaling", action="store_true",
                     help="time the family's sequence operator alone at --lengths (case hook scan_scaling)")
     ap.add_argument("--lengths", default=None, help="comma-separated lengths for --scan_scaling (hook default)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from paddle_rs.utils.runtime import tune_cpu_malloc
+    malloc = tune_cpu_malloc() if args.malloc == "tuned" else None
 
     import paddle
     import torch
@@ -75,7 +90,8 @@ def main(argv=None):
     x, y = case.bench_batch(args.batch)
     tm, pm = case.build_pair()
     tx, px = case.to_torch(x), case.to_paddle(x)
-    res = {"model": args.model, "batch": args.batch, "input": list(x.shape), "threads": args.threads}
+    res = {"model": args.model, "batch": args.batch, "input": list(x.shape), "threads": args.threads,
+           "malloc": malloc or "glibc default"}
 
     tm.eval(), pm.eval()
 
@@ -109,7 +125,8 @@ def main(argv=None):
         res["ratio_train_step_paddle_over_torch"] = res["paddle_train_step_s"] / res["torch_train_step_s"]
     if "inference_forward_s" in res:
         res["ratio_inference_over_dygraph"] = res["inference_forward_s"] / res["paddle_forward_vs_inference_s"]
-    print(f"\n{args.model}: input {res['input']}, {args.threads} threads, median of {args.repeat}")
+    print(f"\n{args.model}: input {res['input']}, {args.threads} threads, median of {args.repeat}, "
+          f"malloc {'tuned' if malloc else 'glibc default'}")
     for k, v in res.items():
         if k.endswith("_s"):
             print(f"  {k[:-2]:<28} {v * 1000:9.1f} ms")

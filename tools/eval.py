@@ -59,6 +59,9 @@ def main(argv=None):
     from paddle_rs.engine.checkpoint import atomic_write_json
     from paddle_rs.engine.trainer import TASKS, model_init_params, resolve_config
     from paddle_rs.registry import get_entry
+    from paddle_rs.utils.runtime import tune_cpu_malloc
+
+    tune_cpu_malloc()   # reuse freed tensor memory (paddle_rs/utils/runtime.py); PADDLE_RS_TUNE_MALLOC=0: off
 
     cfg = resolve_config(cfg)
     device = cfg.get("device", "auto")

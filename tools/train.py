@@ -53,6 +53,9 @@ def main(argv=None):
         return 2
 
     from paddle_rs.engine.trainer import NonFiniteLossError, Trainer
+    from paddle_rs.utils.runtime import tune_cpu_malloc
+
+    tune_cpu_malloc()   # reuse freed tensor memory (paddle_rs/utils/runtime.py); PADDLE_RS_TUNE_MALLOC=0: off
 
     try:
         trainer = Trainer(cfg, save_dir=args.save_dir, resume=args.resume,
