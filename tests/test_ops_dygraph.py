@@ -87,3 +87,15 @@ def test_tune_cpu_malloc_sets_thresholds_and_can_be_turned_off():
     assert _tune_in_subprocess({}) == "{'mmap_threshold': 1073741824, 'trim_threshold': 1073741824}"
     assert _tune_in_subprocess({"PADDLE_RS_TUNE_MALLOC": "0"}) == "None"
     assert _tune_in_subprocess({"MALLOC_MMAP_THRESHOLD_": "65536"}) == "None"     # the user's own setting wins
+
+
+
+def test_linear_and_broadcast_add_support_partial_gradients():
+    """paddle.grad w.r.t. a subset of the inputs (e.g. an input-gradient saliency map): the fast paths are Paddle
+    ops with Paddle's own gradient nodes, so the pruned parameters are simply skipped (a PyLayer could not know
+    which gradients a partial paddle.grad wants, and Paddle rejects any it did not ask for)."""
+    m = Linear(3, 4)
+    x = paddle.randn([5, 3])
+    x.stop_gradient = False
+    (gx,) = paddle.grad([broadcast_add(m(x), m.bias.unsqueeze(0)).sum()], [x])
+    np.testing.assert_allclose(gx.numpy(), np.tile(m.weight.numpy().sum(1), (5, 1)), rtol=1e-5, atol=1e-6)

@@ -16,8 +16,9 @@ the same constructor, parameters (``weight [O, C/g, kh, kw]``, ``bias [O]``) and
 * dygraph, fp32, CPU, NCHW, kernel larger than 1x1, zero padding given as an int / ``[ph, pw]`` / symmetric
   ``[t, b, l, r]``, no AMP, extension available: the ``rs_conv2d_fwd`` / ``rs_conv2d_bwd`` custom ops of
   ``csrc/conv2d_onednn_cpu.cc`` (oneDNN direct convolution in its blocked layouts, reordered from/to NCHW
-  around each call; the reorders add 6-8% to the convolution time of UperNet-R50), through :class:`Conv2dFn` (a
-  ``PyLayer``; the backward computes only the gradients needed) when a gradient is needed. Compiled on first
+  around each call; the reorders add 6-8% to the convolution time of UperNet-R50), through :class:`Conv2dFn`
+  when a gradient is needed (one ``PyLayer`` per differentiable input, so that ``paddle.grad`` w.r.t. any subset
+  of the inputs works; see there). Compiled on first
   use by :func:`onednn_ext` and cached under ``~/.cache/paddle_rs/ops``; ``PADDLE_RS_ONEDNN_CONV=0`` disables
   it.
 * 1x1 kernels: ``paddle.nn.functional.conv2d``. Paddle runs them as one GEMM on the NCHW data, on par with
@@ -215,28 +216,73 @@ def _static_ok(x, weight, bias, data_format):
             and weight.dtype == paddle.float32 and (bias is None or bias.dtype == paddle.float32))
 
 
-class Conv2dFn(PyLayer):
-    """``(x [N,C,H,W], weight [O,C/g,kh,kw], bias [O] | None, stride, padding, dilation: [2] ints, groups)
-    -> y`` on the oneDNN ops; the backward computes only the gradients that are needed."""
+class _ConvInputFn(PyLayer):
+    """``y = conv(x, weight, bias)`` with the weight and bias as constants (``ctx``); gradient: ``dx``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        has_bias = bias is not None
-        ctx.needs = (not x.stop_gradient, not weight.stop_gradient, has_bias and not bias.stop_gradient)
-        x, weight = x.contiguous(), weight.contiguous()
-        attrs = (stride, padding, dilation, groups, has_bias)
-        y = onednn_ext().rs_conv2d_fwd(x, weight, _bias_arg(bias), *attrs)
-        ctx.save_for_backward(x, weight)
-        ctx.attrs = attrs
-        return y
+    def forward(ctx, x, weight, bias, attrs):
+        ctx.weight, ctx.attrs = weight, attrs
+        ctx.save_for_backward(x)
+        return onednn_ext().rs_conv2d_fwd(x, weight, _bias_arg(bias), *attrs)
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight = ctx.saved_tensor()
-        need_x, need_w, need_b = ctx.needs
-        dx, dw, db = onednn_ext().rs_conv2d_bwd(x, weight, gy.contiguous(), *ctx.attrs, need_x, need_w or need_b)
-        grads = (dx if need_x else None, dw if need_w else None)
-        return grads + ((db if need_b else None,) if ctx.attrs[4] else ())
+        (x,) = ctx.saved_tensor()
+        return onednn_ext().rs_conv2d_bwd(x, ctx.weight, gy.contiguous(), *ctx.attrs, True, False)[0]
+
+
+class _ConvWeightFn(PyLayer):
+    """Zeros shaped like the convolution's output, differentiable in the weight: gradient ``dweight``."""
+
+    @staticmethod
+    def forward(ctx, weight, x, attrs, out_shape):
+        ctx.x, ctx.attrs = x, attrs
+        ctx.save_for_backward(weight)
+        return paddle.zeros(out_shape, dtype=weight.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (weight,) = ctx.saved_tensor()
+        return onednn_ext().rs_conv2d_bwd(ctx.x, weight, gy.contiguous(), *ctx.attrs, False, True)[1]
+
+
+class _ConvBiasFn(PyLayer):
+    """Zeros shaped like the convolution's output, differentiable in the bias: gradient ``sum_{n,h,w} gy`` as a
+    matrix-vector product (Paddle's reduce kernel is slow on CPU)."""
+
+    @staticmethod
+    def forward(ctx, bias, out_shape):
+        return paddle.zeros(out_shape, dtype=bias.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        n, o = gy.shape[0], gy.shape[1]
+        per_image = paddle.matmul(gy.reshape([n, o, -1]), paddle.ones([gy.size // (n * o), 1], dtype=gy.dtype))
+        return paddle.matmul(paddle.ones([1, n], dtype=gy.dtype), per_image.reshape([n, o])).reshape([o])
+
+
+class Conv2dFn:
+    """``apply(x [N,C,H,W], weight [O,C/g,kh,kw], bias [O] | None, stride, padding, dilation: [2] ints, groups)
+    -> y`` on the oneDNN ops, with gradients.
+
+    One ``PyLayer`` per differentiable input: ``y = conv(x; w, b) + Z_w(w) + Z_b(b)``, where ``Z_*`` return zeros
+    (the sum is exact) and carry the weight / bias gradients. A single ``PyLayer`` over ``(x, w, b)`` cannot serve
+    ``paddle.grad`` w.r.t. a subset of its inputs (say the image, for a saliency map): its backward does not learn
+    which gradients were asked for, and Paddle rejects a gradient for a pruned input ("should return None at 1
+    position"). Each backward computes only its own gradient (``rs_conv2d_bwd`` with one of ``need_dx`` /
+    ``need_dw``); the price is two output-sized passes per layer in training (the zeros and the add, <1 % of a
+    UperNet training step)."""
+
+    @staticmethod
+    def apply(x, weight, bias, stride, padding, dilation, groups):
+        x, weight = x.contiguous(), weight.contiguous()
+        attrs = (stride, padding, dilation, groups, bias is not None)
+        y = _ConvInputFn.apply(x, weight.detach(), None if bias is None else bias.detach(), attrs)
+        if not weight.stop_gradient:
+            y = y + _ConvWeightFn.apply(weight, x.detach(), attrs, y.shape)
+        if bias is not None and not bias.stop_gradient:
+            y = y + _ConvBiasFn.apply(bias, y.shape)
+        return y
 
 
 @paddle.jit.not_to_static

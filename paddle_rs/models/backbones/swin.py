@@ -6,6 +6,9 @@ Spec: rsp_upernet.md §3.2; porting rules: porting.md.
 Differences to the reference (layout and speed only; results equal up to fp32 rounding):
 * ``nn.Linear`` weights are [in, out] (the converter transposes them);
 * transposes go through :func:`permute` (dense in dygraph: Paddle's strided-view copies are slow on CPU);
+* in dygraph on CPU, Linear layers add their bias inside the GEMM (:mod:`paddle_rs.ops.linear`) and the attention
+  bias / mask are added as equal shapes (:mod:`paddle_rs.ops.elementwise`): Paddle's separate bias pass and its
+  broadcast kernel are slow there; exports keep the plain ops;
 * ``relative_position_index`` is rebuilt at construction as a **non-persistable** buffer (not in
   ``state_dict()``); the converter checks the checkpoint's copy equals the rebuilt one and drops it;
 * LayerNorm epsilon is always passed explicitly; GELU is exact.
