@@ -17,8 +17,8 @@ the same constructor, parameters (``weight [O, C/g, kh, kw]``, ``bias [O]``) and
   ``[t, b, l, r]``, no AMP, extension available: the ``rs_conv2d_fwd`` / ``rs_conv2d_bwd`` custom ops of
   ``csrc/conv2d_onednn_cpu.cc`` (oneDNN direct convolution in its blocked layouts, reordered from/to NCHW
   around each call; the reorders add 6-8% to the convolution time of UperNet-R50), through :class:`Conv2dFn`
-  when a gradient is needed (one ``PyLayer`` per differentiable input, so that ``paddle.grad`` w.r.t. any subset
-  of the inputs works; see there). Compiled on first
+  when a gradient is needed (separate ``PyLayer`` s for the input and for the parameters, so that ``paddle.grad``
+  w.r.t. the input alone works; see there). Compiled on first
   use by :func:`onednn_ext` and cached under ``~/.cache/paddle_rs/ops``; ``PADDLE_RS_ONEDNN_CONV=0`` disables
   it.
 * 1x1 kernels: ``paddle.nn.functional.conv2d``. Paddle runs them as one GEMM on the NCHW data, on par with
@@ -231,57 +231,52 @@ class _ConvInputFn(PyLayer):
         return onednn_ext().rs_conv2d_bwd(x, ctx.weight, gy.contiguous(), *ctx.attrs, True, False)[0]
 
 
-class _ConvWeightFn(PyLayer):
-    """Zeros shaped like the convolution's output, differentiable in the weight: gradient ``dweight``."""
+class _ConvParamsFn(PyLayer):
+    """Zeros shaped like the convolution's output, differentiable in the weight and the bias (those of them that
+    require gradients; the others come detached): gradients ``dweight``, ``dbias`` from one oneDNN
+    backward-weights call."""
 
     @staticmethod
-    def forward(ctx, weight, x, attrs, out_shape):
+    def forward(ctx, weight, bias, x, attrs, out_shape):
         ctx.x, ctx.attrs = x, attrs
+        ctx.needs = (not weight.stop_gradient, bias is not None and not bias.stop_gradient)
         ctx.save_for_backward(weight)
         return paddle.zeros(out_shape, dtype=weight.dtype)
 
     @staticmethod
     def backward(ctx, gy):
         (weight,) = ctx.saved_tensor()
-        return onednn_ext().rs_conv2d_bwd(ctx.x, weight, gy.contiguous(), *ctx.attrs, False, True)[1]
-
-
-class _ConvBiasFn(PyLayer):
-    """Zeros shaped like the convolution's output, differentiable in the bias: gradient ``sum_{n,h,w} gy`` as a
-    matrix-vector product (Paddle's reduce kernel is slow on CPU)."""
-
-    @staticmethod
-    def forward(ctx, bias, out_shape):
-        return paddle.zeros(out_shape, dtype=bias.dtype)
-
-    @staticmethod
-    def backward(ctx, gy):
-        n, o = gy.shape[0], gy.shape[1]
-        per_image = paddle.matmul(gy.reshape([n, o, -1]), paddle.ones([gy.size // (n * o), 1], dtype=gy.dtype))
-        return paddle.matmul(paddle.ones([1, n], dtype=gy.dtype), per_image.reshape([n, o])).reshape([o])
+        _, dw, db = onednn_ext().rs_conv2d_bwd(ctx.x, weight, gy.contiguous(), *ctx.attrs, False, True)
+        need_w, need_b = ctx.needs
+        grads = (dw if need_w else None,)
+        return grads + ((db if need_b else None,) if ctx.attrs[4] else ())
 
 
 class Conv2dFn:
     """``apply(x [N,C,H,W], weight [O,C/g,kh,kw], bias [O] | None, stride, padding, dilation: [2] ints, groups)
     -> y`` on the oneDNN ops, with gradients.
 
-    One ``PyLayer`` per differentiable input: ``y = conv(x; w, b) + Z_w(w) + Z_b(b)``, where ``Z_*`` return zeros
-    (the sum is exact) and carry the weight / bias gradients. A single ``PyLayer`` over ``(x, w, b)`` cannot serve
-    ``paddle.grad`` w.r.t. a subset of its inputs (say the image, for a saliency map): its backward does not learn
-    which gradients were asked for, and Paddle rejects a gradient for a pruned input ("should return None at 1
-    position"). Each backward computes only its own gradient (``rs_conv2d_bwd`` with one of ``need_dx`` /
-    ``need_dw``); the price is two output-sized passes per layer in training (the zeros and the add, <1 % of a
-    UperNet training step)."""
+    Two ``PyLayer`` s: ``y = conv(x; w, b) + Z(w, b)``, the first differentiable in ``x`` only, the second
+    returning zeros (the sum is exact) and carrying the weight and bias gradients. A single ``PyLayer`` over
+    ``(x, w, b)`` cannot serve ``paddle.grad`` w.r.t. the input alone (say for a saliency map) while the
+    parameters still require gradients: its backward does not learn which gradients were asked for, and Paddle
+    rejects one for a pruned input ("should return None at 1 position"). Supported: any request that takes the
+    weight and the bias together or leaves both out (``[x]``, ``[w, b]``, ``[x, w, b]``, every parameter of a
+    model) and any with frozen parameters; not supported: exactly one of a layer's weight / bias while the other
+    also requires gradients (the same Paddle error). Weight and bias stay in one node because oneDNN's
+    backward-weights call yields both, with the bias gradient summed in its own order (splitting them would cost a
+    second call, or change that order -- enough to move ViTAEv2-S's 10-step loss parity, which sits at the
+    reference's own fp32 noise). Each backward computes only its own gradients (``rs_conv2d_bwd`` with
+    ``need_dx`` or ``need_dw``); the price is one output-sized zeros tensor and add per layer in training (<1 % of
+    a UperNet training step)."""
 
     @staticmethod
     def apply(x, weight, bias, stride, padding, dilation, groups):
         x, weight = x.contiguous(), weight.contiguous()
         attrs = (stride, padding, dilation, groups, bias is not None)
         y = _ConvInputFn.apply(x, weight.detach(), None if bias is None else bias.detach(), attrs)
-        if not weight.stop_gradient:
-            y = y + _ConvWeightFn.apply(weight, x.detach(), attrs, y.shape)
-        if bias is not None and not bias.stop_gradient:
-            y = y + _ConvBiasFn.apply(bias, y.shape)
+        if not weight.stop_gradient or (bias is not None and not bias.stop_gradient):
+            y = y + _ConvParamsFn.apply(weight, bias, x.detach(), attrs, y.shape)
         return y
 
 
