@@ -99,6 +99,15 @@ def _expected_keys(arch, num_classes):
 
 
 # ------------------------------------------------------------------------------------------------ registry / layout
+def test_wrong_input_size_is_a_clear_error():
+    m = paddle_rs.build_model("rsmamba_b", num_classes=3, img_size=64)
+    m.eval()
+    with pytest.raises(ValueError, match=r"takes \[B, C, 64, 64\].*got shape \[1, 3, 96, 96\].*img_size=\(96, 96\)"):
+        m(paddle.zeros([1, 3, 96, 96]))
+    with paddle.no_grad():
+        assert m(paddle.zeros([1, 3, 64, 64])).shape == [1, 3]
+
+
 def test_registry_and_num_classes_override():
     for lib in (torch_ref, paddle_rs):
         names = lib.list_models()

@@ -220,6 +220,12 @@ class RSMambaBackbone(nn.Layer):
         return p, paddle.argsort(p)
 
     def forward(self, x, perms=None):
+        if (x.ndim != 4 or tuple(x.shape[2:]) != tuple(self.img_size)) and all(
+                isinstance(v, int) and v >= 0 for v in x.shape):
+            raise ValueError(f"RSMamba takes [B, C, {self.img_size[0]}, {self.img_size[1]}] images (img_size: the "
+                             f"position embedding and the scan orders are built for it), got shape "
+                             f"{list(x.shape)}: resize the input, or build the model with "
+                             f"img_size={tuple(x.shape[2:]) if x.ndim == 4 else '(H, W)'}")
         x, hw = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
