@@ -8,7 +8,8 @@ freed. Every new activation then pays a page fault per 4 KiB page on first touch
 costs as much as the arithmetic of an elementwise op: adding two ``[1, 256, 128, 128]`` tensors (16 MB) takes
 4.8 ms with the defaults and 0.94 ms with the tuned thresholds (torch 2.13 in the same process: 0.9 ms; its
 allocation pattern already lets glibc's adaptive threshold reuse such buffers, but not 32 MB ones: 10.6 -> 1.9
-ms for both frameworks). UperNet-Swin-T at 512x512 (2 threads): Paddle dygraph forward 2.90 -> 2.35 s.
+ms for both frameworks). UperNet-Swin-T at 512x512 (2 threads), Paddle / torch forward ratio in one process
+(medians of 6 interleaved rounds, two runs each): 1.06 / 1.05 with glibc's defaults, 1.02 / 0.99 tuned.
 
 What it does: ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` (requests below it come from the heap, which reuses freed
 blocks) and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)`` (free memory at the heap's top is returned to the kernel only
