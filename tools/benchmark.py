@@ -34,15 +34,14 @@ def timeit(fn, repeat, warmup=2):
     return interleaved([fn], repeat, warmup)[0]
 
 
-def interleaved(fns, repeat, warmup=2, pause=None):
+def interleaved(fns, repeat, warmup=2, pause=PAUSE_S):
     """Median seconds of each function, timed in alternating rounds (A B A B ...): on shared cores the machine's
     speed drifts by 10-30 % over a minute, which would bias a ratio of two blocks timed one after the other.
 
-    Each timed call starts ``pause`` seconds (default :data:`PAUSE_S`) after the previous one ended: Paddle runs
+    Each timed call starts ``pause`` seconds after the previous one ended: Paddle runs
     on Intel OpenMP, whose idle workers spin for 200 ms (``KMP_BLOCKTIME``) after a parallel region, and torch
     on GNU OpenMP; without the pause one framework's spinning threads take cores from the other's timed call
     (measured on UperNet-Swin-T: the Paddle/torch forward ratio reads 1.12 without the pause, 1.19 with it)."""
-    pause = PAUSE_S if pause is None else pause
     for _ in range(warmup):
         for fn in fns:
             fn()

@@ -55,7 +55,7 @@ import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 from ._build import StaticBackend, cache_dir, load_once, load_quietly
-from ._mode import amp_off as _amp_off
+from ._mode import dygraph_cpu_fp32
 from ._mode import in_sot as _in_sot
 
 __all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext", "set_static_conv", "CONV_OP"]
@@ -186,10 +186,8 @@ def _bias_arg(bias):
 
 
 def _onednn_ok(x, weight, bias, data_format):
-    return (paddle.in_dynamic_mode() and data_format == "NCHW" and x.ndim == 4 and weight.ndim == 4
-            and x.dtype == paddle.float32 and weight.dtype == paddle.float32
-            and (bias is None or bias.dtype == paddle.float32) and x.place.is_cpu_place()
-            and weight.place.is_cpu_place() and x.size > 0 and _amp_off() and onednn_ext() is not None)
+    return (data_format == "NCHW" and dygraph_cpu_fp32(x, weight, bias) and x.ndim == 4 and weight.ndim == 4
+            and x.size > 0 and onednn_ext() is not None)
 
 
 CONV_OP = "rs_conv2d_fwd"
