@@ -1,9 +1,9 @@
-"""Build-and-cache machinery shared by paddle_rs's C++ CPU ops (selective scan, oneDNN conv2d).
+"""Build-and-cache machinery shared by paddle_rs's C++ CPU ops (selective scan, oneDNN conv2d and activations).
 
 Each op module keeps its own sources, flags and fallback; this module holds what they share:
 
-* :func:`cache_dir` -- a build directory keyed by the source, the flags, extra keys, the Paddle version and the
-  CPU's feature flags (``-march=native`` objects must not be reused on a different CPU), under
+* :func:`cache_dir` -- a build directory keyed by the source and its local headers, the flags, extra keys, the
+  Paddle version and the CPU's feature flags (``-march=native`` objects must not be reused on a different CPU), under
   ``$PADDLE_RS_EXT_DIR`` or ``~/.cache/paddle_rs/ops``;
 * :func:`load_quietly` -- ``paddle.utils.cpp_extension.load`` under a file lock (concurrent processes build
   once), with its compiler chatter and warnings captured, checking that the expected ops got registered;
@@ -21,10 +21,12 @@ import warnings
 import paddle
 
 
-def cache_dir(prefix, source, flags, extra=()):
+def cache_dir(prefix, source, flags, extra=(), depends=()):
+    """The build directory for ``source`` (plus the headers in ``depends``) compiled with ``flags``."""
     h = hashlib.sha1()
-    with open(source, "rb") as f:
-        h.update(f.read())
+    for path in (source, *depends):
+        with open(path, "rb") as f:
+            h.update(f.read())
     h.update(" ".join(list(flags) + [str(e) for e in extra] + [paddle.__version__, platform.machine()]).encode())
     try:
         with open("/proc/cpuinfo") as f:

@@ -14,13 +14,12 @@ training step 8.53 -> 7.64 s.
 the same constructor, parameters (``weight [O, C/g, kh, kw]``, ``bias [O]``) and state_dict keys. Paths:
 
 * dygraph, fp32, CPU, NCHW, kernel larger than 1x1, zero padding given as an int / ``[ph, pw]`` / symmetric
-  ``[t, b, l, r]``, no AMP, extension available: the ``rs_conv2d_fwd`` / ``rs_conv2d_bwd`` custom ops of
-  ``csrc/conv2d_onednn_cpu.cc`` (oneDNN direct convolution in its blocked layouts, reordered from/to NCHW
-  around each call; the reorders add 6-8% to the convolution time of UperNet-R50), through :class:`Conv2dFn`
-  when a gradient is needed (separate ``PyLayer`` s for the input and for the parameters, so that ``paddle.grad``
-  w.r.t. the input alone works; see there). Compiled on first
-  use by :func:`onednn_ext` and cached under ``~/.cache/paddle_rs/ops``; ``PADDLE_RS_ONEDNN_CONV=0`` disables
-  it.
+  ``[t, b, l, r]``, no AMP, extension available: the custom ops of ``csrc/conv2d_onednn_cpu.cc`` (oneDNN direct
+  convolution in its blocked layouts, reordered from/to NCHW around each call; the reorders add 6-8% to the
+  convolution time of UperNet-R50): ``rs_conv2d`` when a gradient is needed (:class:`Conv2dFn`; its gradient op
+  is registered in C++, so ``paddle.grad`` w.r.t. any subset of (x, w, b) works), ``rs_conv2d_fwd`` otherwise.
+  Compiled on first use by :func:`onednn_ext` and cached under ``~/.cache/paddle_rs/ops``;
+  ``PADDLE_RS_ONEDNN_CONV=0`` disables it.
 * 1x1 kernels: ``paddle.nn.functional.conv2d``. Paddle runs them as one GEMM on the NCHW data, on par with
   torch; oneDNN would add two layout reorders that cost as much as the convolution (256->64 at 128x128:
   4 ms forward in Paddle, 6 ms with oneDNN; 256->512 stride 2: 13 ms / 18 ms; forward+backward 17 / 38 ms).
@@ -37,80 +36,22 @@ Numerics: a direct convolution sums in another order than im2col + GEMM; results
 to fp32 rounding (~1e-6 relative), gradients included (torch's CPU convolution is oneDNN as well: the parity of
 align/01_forward.py with torch_ref got slightly tighter).
 
-Headers: the Paddle wheel ships ``libdnnl.so.3`` (oneDNN 3.6) but only forwarding stubs of the oneDNN headers.
-The op needs the real ``oneapi/dnnl/dnnl.hpp`` of oneDNN 3.x, looked up in ``PADDLE_RS_ONEDNN_INCLUDE``,
-Paddle's include tree, the installed torch wheel's include tree (torch is not imported; it has 3.x headers),
-then ``/usr/include`` and ``/usr/local/include``; only ``oneapi/dnnl`` is copied into the build directory. A
-header release newer than the library is handled (see the C++ file); a newly loaded library must pass a small
-forward/backward check against ``paddle.nn.functional.conv2d`` before it is used.
+Headers and linking: :mod:`paddle_rs.ops._onednn`. A newly loaded library must pass a small forward/backward
+check against ``paddle.nn.functional.conv2d`` before it is used.
 """
-import importlib.util
-import os
-import re
-
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.autograd import PyLayer
 
-from ._build import StaticBackend, cache_dir, load_once, load_quietly
+from ._build import StaticBackend, load_once
+from ._onednn import build_onednn_extension
 from ._mode import dygraph_cpu_fp32
 from ._mode import in_sot as _in_sot
 
 __all__ = ["conv2d", "Conv2D", "Conv2dFn", "onednn_ext", "set_static_conv", "CONV_OP"]
 
-_EXT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "conv2d_onednn_cpu.cc")
-_EXT_CFLAGS = ["-O3", "-march=native"]
 _EXT_STATE = {}   # "module": loaded extension or None (unavailable), "build_s": seconds spent in load()
-
-
-def _paddle_dir():
-    return os.path.dirname(os.path.abspath(paddle.__file__))
-
-
-def _header_version(include_dir):
-    """``(major, minor, patch)`` of the oneDNN headers under ``include_dir``, or ``None`` if incomplete."""
-    if not os.path.isfile(os.path.join(include_dir, "oneapi", "dnnl", "dnnl.hpp")):
-        return None
-    try:
-        with open(os.path.join(include_dir, "oneapi", "dnnl", "dnnl_version.h")) as f:
-            text = f.read()
-        return tuple(int(re.search(rf"#define DNNL_VERSION_{k}\s+(\d+)", text).group(1))
-                     for k in ("MAJOR", "MINOR", "PATCH"))
-    except (OSError, AttributeError):
-        return None
-
-
-def _onednn_include():
-    """The first include directory with complete oneDNN 3.x headers (see the module docstring), and their
-    version. Raises ``RuntimeError`` when there is none."""
-    candidates = [os.environ.get("PADDLE_RS_ONEDNN_INCLUDE"),
-                  os.path.join(_paddle_dir(), "include", "third_party", "install", "onednn", "include")]
-    spec = importlib.util.find_spec("torch")
-    if spec is not None and spec.origin:
-        candidates.append(os.path.join(os.path.dirname(spec.origin), "include"))
-    candidates += ["/usr/include", "/usr/local/include"]
-    for d in candidates:
-        if d and (v := _header_version(d)) is not None and v[0] == 3:
-            return d, v
-    raise RuntimeError("no oneDNN 3.x headers (oneapi/dnnl/dnnl.hpp) found; set PADDLE_RS_ONEDNN_INCLUDE")
-
-
-def _copy_headers(include_dir, build_dir):
-    """Copy ``oneapi/dnnl`` alone into ``build_dir/include`` and return that directory: adding a whole foreign
-    include tree (torch's) to the search path could shadow headers of Paddle's own (it has torch-compatible
-    ones)."""
-    import shutil
-
-    dst = os.path.join(build_dir, "include")
-    if not os.path.isfile(os.path.join(dst, "oneapi", "dnnl", "dnnl.hpp")):
-        tmp = dst + f".tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(os.path.join(include_dir, "oneapi", "dnnl"), os.path.join(tmp, "oneapi", "dnnl"))
-        shutil.rmtree(dst, ignore_errors=True)
-        os.rename(tmp, dst)
-    return dst
 
 
 def _self_check(module):
@@ -122,13 +63,16 @@ def _self_check(module):
     b = paddle.to_tensor(rng.standard_normal(6).astype("float32"))
     gy = paddle.to_tensor(rng.standard_normal((2, 6, 4, 3)).astype("float32"))
     attrs = ([2, 2], [1, 1], [1, 1], 2, True)
-    got = [module.rs_conv2d_fwd(x, w, b, *attrs)] + list(module.rs_conv2d_bwd(x, w, gy, *attrs, True, True))
-    xs, ws, bs = (t.detach() for t in (x, w, b))
-    for t in (xs, ws, bs):
-        t.stop_gradient = False
-    with paddle.set_grad_enabled(True):           # the first call may come from a no_grad block
-        y = F.conv2d(xs, ws, bs, stride=2, padding=1, groups=2)
-        want = [y] + list(paddle.grad([y], [xs, ws, bs], [gy]))
+    results = []
+    for fn in (lambda *t: module.rs_conv2d(*t, *attrs, True, True),
+               lambda *t: F.conv2d(*t, stride=2, padding=1, groups=2)):
+        leaves = [t.detach() for t in (x, w, b)]
+        for t in leaves:
+            t.stop_gradient = False
+        with paddle.set_grad_enabled(True):       # the first call may come from a no_grad block
+            y = fn(*leaves)
+            results.append([y] + list(paddle.grad([y], leaves, [gy])))
+    got, want = [module.rs_conv2d_fwd(x, w, b, *attrs)] + results[0], results[1][:1] + results[1]
     for g, r in zip(got, want):
         if g.shape != r.shape or not np.allclose(g.numpy(), r.numpy(), rtol=1e-4, atol=1e-4):
             raise RuntimeError("self-check against paddle.nn.functional.conv2d failed")
@@ -136,7 +80,7 @@ def _self_check(module):
 
 @paddle.jit.not_to_static
 def onednn_ext():
-    """The compiled extension module (ops ``rs_conv2d_fwd`` / ``rs_conv2d_bwd``), or ``None``.
+    """The compiled extension module (ops ``rs_conv2d_fwd`` / ``rs_conv2d``), or ``None``.
 
     Built with ``paddle.utils.cpp_extension.load`` on first use (~30 s with g++ 12; cached and reloaded in ~1 s
     afterwards; a file lock serialises concurrent builds; :mod:`paddle_rs.ops._build`), linked against Paddle's
@@ -144,18 +88,8 @@ def onednn_ext():
     self-check error) is reported once as a warning and ``paddle.nn.functional.conv2d`` is used.
     """
     def build():
-        include_dir, version = _onednn_include()
-        lib_dir = os.path.join(_paddle_dir(), "libs")
-        if not os.path.exists(os.path.join(lib_dir, "libdnnl.so.3")):
-            raise RuntimeError(f"{lib_dir}/libdnnl.so.3 not found")
-        build_dir = cache_dir("conv2d_onednn_cpu", _EXT_SOURCE, _EXT_CFLAGS, (include_dir, version))
-        # libdnnl.so.3 has no unversioned symlink: link it by file name; -z now turns a symbol the library lacks
-        # into a load error instead of a crash at the first call
-        module = load_quietly(
-            "paddle_rs_conv2d_onednn_cpu", _EXT_SOURCE, build_dir, ("rs_conv2d_fwd", "rs_conv2d_bwd"),
-            before_build=lambda: {"extra_include_paths": [_copy_headers(include_dir, build_dir)]},
-            extra_cxx_cflags=_EXT_CFLAGS,
-            extra_ldflags=[f"-L{lib_dir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib_dir}", "-Wl,-z,now"])
+        module = build_onednn_extension("conv2d_onednn_cpu", "conv2d_onednn_cpu.cc",
+                                        ("rs_conv2d_fwd", "rs_conv2d"))
         _self_check(module)
         return module
 
@@ -214,69 +148,23 @@ def _static_ok(x, weight, bias, data_format):
             and weight.dtype == paddle.float32 and (bias is None or bias.dtype == paddle.float32))
 
 
-class _ConvInputFn(PyLayer):
-    """``y = conv(x, weight, bias)`` with the weight and bias as constants (``ctx``); gradient: ``dx``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, attrs):
-        ctx.weight, ctx.attrs = weight, attrs
-        ctx.save_for_backward(x)
-        return onednn_ext().rs_conv2d_fwd(x, weight, _bias_arg(bias), *attrs)
-
-    @staticmethod
-    def backward(ctx, gy):
-        (x,) = ctx.saved_tensor()
-        dx = onednn_ext().rs_conv2d_bwd(x, ctx.weight, gy.contiguous(), *ctx.attrs, True, False)[0]
-        return (dx, None) + ((None,) if ctx.attrs[4] else ())      # weight, bias: detached constants
-
-
-class _ConvParamsFn(PyLayer):
-    """Zeros shaped like the convolution's output, differentiable in the weight and the bias (those of them that
-    require gradients; the others come detached): gradients ``dweight``, ``dbias`` from one oneDNN
-    backward-weights call."""
-
-    @staticmethod
-    def forward(ctx, weight, bias, x, attrs, out_shape):
-        ctx.x, ctx.attrs = x, attrs
-        ctx.needs = (not weight.stop_gradient, bias is not None and not bias.stop_gradient)
-        ctx.save_for_backward(weight)
-        return paddle.zeros(out_shape, dtype=weight.dtype)
-
-    @staticmethod
-    def backward(ctx, gy):
-        (weight,) = ctx.saved_tensor()
-        _, dw, db = onednn_ext().rs_conv2d_bwd(ctx.x, weight, gy.contiguous(), *ctx.attrs, False, True)
-        need_w, need_b = ctx.needs
-        grads = (dw if need_w else None,)
-        return grads + ((db if need_b else None,) if ctx.attrs[4] else ())
-
-
 class Conv2dFn:
     """``apply(x [N,C,H,W], weight [O,C/g,kh,kw], bias [O] | None, stride, padding, dilation: [2] ints, groups)
-    -> y`` on the oneDNN ops, with gradients.
+    -> y`` on the oneDNN ops, with gradients: the ``rs_conv2d`` custom op, whose gradient op is registered in C++.
 
-    Two ``PyLayer`` s: ``y = conv(x; w, b) + Z(w, b)``, the first differentiable in ``x`` only, the second
-    returning zeros (the sum is exact) and carrying the weight and bias gradients. A single ``PyLayer`` over
-    ``(x, w, b)`` cannot serve ``paddle.grad`` w.r.t. the input alone (say for a saliency map) while the
-    parameters still require gradients: its backward does not learn which gradients were asked for, and Paddle
-    rejects one for a pruned input ("should return None at 1 position"). Supported: any request that takes the
-    weight and the bias together or leaves both out (``[x]``, ``[w, b]``, ``[x, w, b]``, every parameter of a
-    model) and any with frozen parameters; not supported: exactly one of a layer's weight / bias while the other
-    also requires gradients (the same Paddle error). Weight and bias stay in one node because oneDNN's
-    backward-weights call yields both, with the bias gradient summed in its own order (splitting them would cost a
-    second call, or change that order -- enough to move ViTAEv2-S's 10-step loss parity, which sits at the
-    reference's own fp32 noise). Each backward computes only its own gradients (``rs_conv2d_bwd`` with
-    ``need_dx`` or ``need_dw``); the price is one output-sized zeros tensor and add per layer in training (for
-    UPerHead's largest convolution: a 32 MB output against a ~4.7 s backward)."""
+    Paddle's autograd engine runs that gradient op for whatever the backward or ``paddle.grad`` asks, dropping
+    what it does not need. Which oneDNN backward calls run is fixed at the forward from the inputs'
+    ``stop_gradient``: backward-data when ``x`` requires a gradient, one backward-weights call (weight and bias
+    gradients together) when the weight or the bias does. (A ``paddle.grad`` w.r.t. ``x`` alone while the
+    parameters also require gradients, e.g. a saliency map of a trainable model, therefore also computes the
+    parameters' gradients, then drops them.)"""
 
     @staticmethod
     def apply(x, weight, bias, stride, padding, dilation, groups):
-        x, weight = x.contiguous(), weight.contiguous()
-        attrs = (stride, padding, dilation, groups, bias is not None)
-        y = _ConvInputFn.apply(x, weight.detach(), None if bias is None else bias.detach(), attrs)
-        if not weight.stop_gradient or (bias is not None and not bias.stop_gradient):
-            y = y + _ConvParamsFn.apply(weight, bias, x.detach(), attrs, y.shape)
-        return y
+        need_dx = not x.stop_gradient
+        need_dw = not weight.stop_gradient or (bias is not None and not bias.stop_gradient)
+        return onednn_ext().rs_conv2d(x.contiguous(), weight.contiguous(), _bias_arg(bias), stride, padding,
+                                      dilation, groups, bias is not None, need_dx, need_dw)
 
 
 @paddle.jit.not_to_static

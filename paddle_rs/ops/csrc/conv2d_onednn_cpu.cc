@@ -2,11 +2,13 @@
 // (custom operators; used through paddle_rs.ops.conv, which explains why they exist).
 //
 //   rs_conv2d_fwd(x [N,C,H,W], weight [O,C/g,kh,kw], bias [O] | 1-element placeholder) -> y [N,O,OH,OW]
-//   rs_conv2d_bwd(x, weight, gy [N,O,OH,OW]) -> dx (a 1-element placeholder unless need_dx),
-//                                              dweight, dbias (placeholders unless need_dw; dbias also
-//                                              unless has_bias)
+//     forward only (no gradient): inference, and the custom op of exported programs
+//   rs_conv2d(x, weight, bias) -> y, the same forward with a gradient op registered here:
+//     grad: (x, weight, y@GRAD) -> x@GRAD (oneDNN backward-data, if need_dx), weight@GRAD and bias@GRAD
+//     (one oneDNN backward-weights call, if need_dw); a gradient not computed is an uninitialised tensor of the
+//     right shape, which Paddle drops (the Python side sets need_dx / need_dw from the inputs' stop_gradient)
 //   attrs: strides, paddings (symmetric [ph, pw]), dilations (Paddle's convention: 1 = none), groups,
-//          has_bias; the backward also need_dx, need_dw.
+//          has_bias; rs_conv2d also need_dx, need_dw.
 //
 // Inputs and outputs are plain contiguous NCHW / OIHW tensors. The convolutions are created with
 // format_tag::any, so oneDNN picks its blocked layouts (nChw16c / OIhw16i16o on AVX-512); tensors are reordered
@@ -20,15 +22,8 @@
 // mutex; the backward primitives are added to a geometry's entry on its first backward call. Nothing derived
 // from tensor values is cached (weights change every training step and are reordered on every call). Scratch
 // buffers (reordered tensors, the primitives' scratchpads: scratchpad_mode::user) come from Paddle's allocator
-// and live until the call returns. Threads: Paddle's libdnnl.so.3 is built for OpenMP and, loaded by Paddle,
-// binds to Paddle's OpenMP runtime (libiomp5), so these ops use the thread count Paddle's own kernels use
-// (OMP_NUM_THREADS) and share its thread pool.
-//
-// oneDNN headers and library may come from different 3.x releases (Paddle ships the library but not the real
-// headers): memory objects are created with dnnl_memory_create and sized with dnnl_memory_desc_get_size,
-// present in every 3.x library, instead of the C++ members that call the _v2 functions of newer releases; the
-// loader links with -z now, so a symbol missing from the library makes loading fail (and paddle_rs fall back)
-// instead of a call crashing.
+// and live until the call returns. Engine, memory wrapping, threads and the header / library version rules:
+// onednn_common.h.
 #include <array>
 #include <cstdint>
 #include <map>
@@ -37,56 +32,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "paddle/extension.h"
+#include "onednn_common.h"
 
 namespace {
 
-using dnnl::memory;
-using tag = memory::format_tag;
-using dims = memory::dims;
-constexpr auto f32 = memory::data_type::f32;
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine eng = [] {
-    const dnnl_version_t* v = dnnl_version();
-    PD_CHECK(v->major == DNNL_VERSION_MAJOR, "rs_conv2d: oneDNN library ", v->major, ".", v->minor,
-             " does not match the headers' major version ", DNNL_VERSION_MAJOR);
-    return dnnl::engine(dnnl::engine::kind::cpu, 0);
-  }();
-  return eng;
-}
-
-// A memory object over a caller-owned buffer (see the header comment for why not the C++ constructor).
-memory wrap(const memory::desc& md, void* data) {
-  dnnl_memory_t m = nullptr;
-  dnnl::error::wrap_c_api(dnnl_memory_create(&m, md.get(), cpu_engine().get(), data),
-                          "rs_conv2d: could not create a memory object");
-  memory out;
-  out.reset(m);
-  return out;
-}
-
-// Bytes of a memory descriptor (dnnl_memory_desc_get_size: desc::get_size calls a _v2 function of newer
-// releases).
-size_t bytes_of(const memory::desc& md) { return dnnl_memory_desc_get_size(md.get()); }
-
-// Scratch buffers from Paddle's allocator (64-byte aligned), alive as long as this object.
-class Workspace {
- public:
-  explicit Workspace(const paddle::Place& place) : place_(place) {}
-  void* get(size_t bytes) {
-    if (bytes == 0) return nullptr;
-    bufs_.push_back(paddle::empty({static_cast<int64_t>((bytes + 64 + 3) / 4)}, paddle::DataType::FLOAT32,
-                                  place_));
-    auto p = reinterpret_cast<uintptr_t>(bufs_.back().data<float>());
-    return reinterpret_cast<void*>((p + 63) & ~static_cast<uintptr_t>(63));
-  }
-
- private:
-  paddle::Place place_;
-  std::vector<paddle::Tensor> bufs_;
-};
+using namespace rs_onednn;  // NOLINT: memory, tag, dims, f32, cpu_engine, wrap, bytes_of, Workspace
 
 // A plain layout and the layout a primitive wants, with the reorder between them (empty when they are equal).
 struct Link {
@@ -125,11 +75,6 @@ void stage_out(const Link& l, memory m, void* data, dnnl::stream& s) {
   if (!l.to_plain) return;
   memory user = wrap(l.plain, data);
   l.to_plain.execute(s, m, user);
-}
-
-memory scratchpad(const dnnl::primitive_desc& pd, Workspace& ws) {
-  const memory::desc md = pd.scratchpad_desc();
-  return wrap(md, ws.get(bytes_of(md)));
 }
 
 // N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, groups, has_bias
@@ -322,6 +267,26 @@ std::vector<paddle::Tensor> Conv2dBackward(const paddle::Tensor& x, const paddle
   return {dx, dw, db};
 }
 
+std::vector<paddle::Tensor> Conv2dTrainForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                               const paddle::Tensor& bias, const std::vector<int>& strides,
+                                               const std::vector<int>& paddings, const std::vector<int>& dilations,
+                                               int groups, bool has_bias, bool, bool) {
+  return Conv2dForward(x, weight, bias, strides, paddings, dilations, groups, has_bias);
+}
+
+std::vector<paddle::Tensor> Conv2dTrainBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                                const paddle::Tensor& gy, const std::vector<int>& strides,
+                                                const std::vector<int>& paddings, const std::vector<int>& dilations,
+                                                int groups, bool has_bias, bool need_dx, bool need_dw) {
+  auto g = Conv2dBackward(x, weight, gy.is_contiguous() ? gy : gy.contiguous(), strides, paddings, dilations,
+                          groups, has_bias, need_dx, need_dw);
+  const auto place = x.place();
+  if (!need_dx) g[0] = paddle::empty(x.shape(), paddle::DataType::FLOAT32, place);
+  if (!need_dw) g[1] = paddle::empty(weight.shape(), paddle::DataType::FLOAT32, place);
+  if (!need_dw && has_bias) g[2] = paddle::empty({weight.shape()[0]}, paddle::DataType::FLOAT32, place);
+  return g;
+}
+
 std::vector<std::vector<int64_t>> Conv2dForwardShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                                                      const std::vector<int64_t>&, const std::vector<int>& strides,
                                                      const std::vector<int>& paddings,
@@ -330,6 +295,14 @@ std::vector<std::vector<int64_t>> Conv2dForwardShape(const std::vector<int64_t>&
     return in < 0 ? -1 : (in + 2 * paddings[i] - dilations[i] * (k - 1) - 1) / strides[i] + 1;
   };
   return {{x[0], w[0], out(x[2], w[2], 0), out(x[3], w[3], 1)}};
+}
+
+std::vector<std::vector<int64_t>> Conv2dTrainShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                   const std::vector<int64_t>& b, const std::vector<int>& strides,
+                                                   const std::vector<int>& paddings,
+                                                   const std::vector<int>& dilations, int groups, bool has_bias,
+                                                   bool, bool) {
+  return Conv2dForwardShape(x, w, b, strides, paddings, dilations, groups, has_bias);
 }
 
 std::vector<paddle::DataType> Conv2dForwardDtype(const paddle::DataType& x, const paddle::DataType&,
@@ -346,9 +319,18 @@ PD_BUILD_OP(rs_conv2d_fwd)
     .SetInferShapeFn(PD_INFER_SHAPE(Conv2dForwardShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dForwardDtype));
 
-PD_BUILD_OP(rs_conv2d_bwd)
-    .Inputs({"x", "weight", "gy"})
-    .Outputs({"dx", "dweight", "dbias"})
+PD_BUILD_OP(rs_conv2d)
+    .Inputs({"x", "weight", "bias"})
+    .Outputs({"y"})
     .Attrs({"strides: std::vector<int>", "paddings: std::vector<int>", "dilations: std::vector<int>",
             "groups: int", "has_bias: bool", "need_dx: bool", "need_dw: bool"})
-    .SetKernelFn(PD_KERNEL(Conv2dBackward));
+    .SetKernelFn(PD_KERNEL(Conv2dTrainForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Conv2dTrainShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Conv2dForwardDtype));
+
+PD_BUILD_GRAD_OP(rs_conv2d)
+    .Inputs({"x", "weight", paddle::Grad("y")})
+    .Outputs({paddle::Grad("x"), paddle::Grad("weight"), paddle::Grad("bias")})
+    .Attrs({"strides: std::vector<int>", "paddings: std::vector<int>", "dilations: std::vector<int>",
+            "groups: int", "has_bias: bool", "need_dx: bool", "need_dw: bool"})
+    .SetKernelFn(PD_KERNEL(Conv2dTrainBackward));
