@@ -1,5 +1,5 @@
-"""Dygraph CPU fast paths of paddle_rs.ops (Linear through addmm, broadcast_add through expand) and the tools'
-allocator tuning: same results as the plain Paddle ops, plain ops in static graphs."""
+"""Dygraph CPU fast paths of paddle_rs.ops (Linear through rs_linear / addmm, broadcast_add through expand) and the
+tools' allocator tuning: same results as the plain Paddle ops (and torch), plain ops in static graphs."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,10 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
+import torch
 
+from paddle_rs.ops import linear as linear_mod
+from paddle_rs.ops._dygraph_ext import dygraph_ext
 from paddle_rs.ops.elementwise import broadcast_add
 from paddle_rs.ops.linear import Linear, linear
 
@@ -92,10 +95,47 @@ def test_tune_cpu_malloc_sets_thresholds_and_can_be_turned_off():
 
 def test_linear_and_broadcast_add_support_partial_gradients():
     """paddle.grad w.r.t. a subset of the inputs (e.g. an input-gradient saliency map): the fast paths are Paddle
-    ops with Paddle's own gradient nodes, so the pruned parameters are simply skipped (a PyLayer could not know
-    which gradients a partial paddle.grad wants, and Paddle rejects any it did not ask for)."""
+    ops or custom ops with C++ gradient nodes, so the pruned parameters are simply skipped (a PyLayer could not
+    know which gradients a partial paddle.grad wants, and Paddle rejects any it did not ask for)."""
     m = Linear(3, 4)
     x = paddle.randn([5, 3])
     x.stop_gradient = False
     (gx,) = paddle.grad([broadcast_add(m(x), m.bias.unsqueeze(0)).sum()], [x])
     np.testing.assert_allclose(gx.numpy(), np.tile(m.weight.numpy().sum(1), (5, 1)), rtol=1e-5, atol=1e-6)
+    (gb,) = paddle.grad([m(x).sum()], [m.bias])
+    np.testing.assert_allclose(gb.numpy(), np.full(4, 5.0), rtol=1e-6)
+
+
+@pytest.mark.skipif(dygraph_ext() is None, reason="dygraph ops extension unavailable")
+def test_linear_training_path_matches_torch_bias_gradient_bit_for_bit(monkeypatch):
+    """Training (input, weight, bias all requiring gradients) goes through rs_linear; its bias gradient sums the
+    rows in torch's cascade order: the same bits as torch for 64-column blocks, and closer to float64 than
+    Paddle's row-after-row reduction; input / weight gradients and the output equal the addmm path's."""
+    rng = np.random.default_rng(5)
+    x_np, gy_np = rng.standard_normal((5000, 32)).astype("float32"), rng.standard_normal((5000, 128)).astype("float32")
+    m = Linear(32, 128)
+    m.bias.set_value(paddle.randn([128]))
+    calls = []
+    ext = dygraph_ext()
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ext, name)
+
+    monkeypatch.setattr(linear_mod, "dygraph_ext", lambda: Spy())
+    x = paddle.to_tensor(x_np, stop_gradient=False)
+    got = _grads(lambda: m(x), [x, m.weight, m.bias], paddle.to_tensor(gy_np))
+    assert calls == ["rs_linear"]
+    want = _grads(lambda: paddle.addmm(m.bias.unsqueeze(0), x, m.weight), [x, m.weight, m.bias],
+                  paddle.to_tensor(gy_np))
+    for g, w in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    torch_db = torch.from_numpy(gy_np).sum(0).numpy()
+    np.testing.assert_array_equal(got[3].numpy(), torch_db)
+    exact = gy_np.astype(np.float64).sum(0)
+    assert np.abs(got[3].numpy() - exact).max() <= np.abs(want[3].numpy() - exact).max()
+    calls.clear()
+    m.weight.stop_gradient = True            # a frozen weight: addmm (rs_linear would compute its gradient)
+    m(x).sum().backward()
+    assert calls == []

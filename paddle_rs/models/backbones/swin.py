@@ -6,9 +6,10 @@ Spec: rsp_upernet.md §3.2; porting rules: porting.md.
 Differences to the reference (layout and speed only; results equal up to fp32 rounding):
 * ``nn.Linear`` weights are [in, out] (the converter transposes them);
 * transposes go through :func:`permute` (dense in dygraph: Paddle's strided-view copies are slow on CPU);
-* in dygraph on CPU, Linear layers add their bias inside the GEMM (:mod:`paddle_rs.ops.linear`) and the attention
-  bias / mask are added as equal shapes (:mod:`paddle_rs.ops.elementwise`): Paddle's separate bias pass and its
-  broadcast kernel are slow there; exports keep the plain ops;
+* in dygraph on CPU, Linear layers add their bias inside the GEMM (:mod:`paddle_rs.ops.linear`), the attention
+  bias / mask are added as equal shapes (:mod:`paddle_rs.ops.elementwise`) and softmax, GELU and LayerNorm run
+  on oneDNN (:mod:`paddle_rs.ops.act`): Paddle's separate bias pass, its broadcast kernel and its CPU softmax /
+  GELU / LayerNorm-backward kernels are slow there; exports keep the plain ops;
 * ``relative_position_index`` is rebuilt at construction as a **non-persistable** buffer (not in
   ``state_dict()``); the converter checks the checkpoint's copy equals the rebuilt one and drops it;
 * LayerNorm epsilon is always passed explicitly; GELU is exact.
@@ -23,6 +24,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ...ops.act import GELU, LayerNorm, softmax
 from ...ops.conv import Conv2D
 from ...ops.elementwise import broadcast_add
 from ...ops.linear import Linear
@@ -102,7 +104,7 @@ class Mlp(nn.Layer):
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
         self.fc1 = linear(in_features, hidden_features)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU(approximate=False)
         self.fc2 = linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop)
 
@@ -146,7 +148,7 @@ def shifted_window_mask(Hp, Wp, ws, shift):
 
 
 def layer_norm(dim, eps):
-    return nn.LayerNorm(dim, epsilon=eps)
+    return LayerNorm(dim, epsilon=eps)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class WindowAttention(nn.Layer):
             nW = mask.shape[0]
             attn = broadcast_add(attn.reshape([-1, nW, nH, N, N]), mask.unsqueeze(1).unsqueeze(0))
             attn = attn.reshape([-1, nH, N, N])
-        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        attn = self.attn_drop(softmax(attn, axis=-1))
         x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, C])
         return self.proj_drop(self.proj(x))
 

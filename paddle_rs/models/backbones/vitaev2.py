@@ -5,7 +5,8 @@ Spec: rsp_upernet.md §3.3 (normative, incl. quirks Q1-Q9, all reproduced; see t
 
 Layout differences to the reference: ``nn.Linear`` weights are [in, out]; ``relative_position_index`` is
 rebuilt as a non-persistable buffer; BatchNorm momentum 0.9 / epsilon 1e-5; LayerNorm epsilon explicit
-(1e-5 in RCs, 1e-6 in NCs); GELU exact; transposes go through ``swin.permute`` (dense in dygraph, for speed).
+(1e-5 in RCs, 1e-6 in NCs); GELU exact; transposes go through ``swin.permute`` (dense in dygraph, for speed);
+in dygraph on CPU, softmax, GELU, SiLU and LayerNorm run on oneDNN (:mod:`paddle_rs.ops.act`, for speed).
 
 Forward contract: ``forward(x[B,3,S,S]) -> [f0..f3]``, ``f_i``: ``[B, token_dims[i], S/4/2**i, S/4/2**i]``.
 Export: all sizes are Python ints derived from the static input H/W (fixed-shape ``to_static``).
@@ -17,11 +18,12 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ...ops.act import GELU, Silu, softmax
 from ...ops.conv import Conv2D
 from ...ops.elementwise import broadcast_add
 from .. import init
-from .swin import (Mlp, crop_hw, linear, make_drop_path, permute, relative_position_index, window_partition,
-                   window_reverse)
+from .swin import (Mlp, crop_hw, layer_norm, linear, make_drop_path, permute, relative_position_index,
+                   window_partition, window_reverse)
 
 __all__ = ["PRM", "WindowAttention", "Attention", "TokenAttention", "SwinRCAttn", "TokenTransformer",
            "ReductionCell", "NormalCell", "BasicLayer", "ViTAEv2", "vitaev2_s"]
@@ -57,7 +59,7 @@ class PRM(nn.Layer):
             pad = math.ceil(((kernel_size - 1) * d + 1 - downsample_ratio) / 2)
             self.convs.append(nn.Sequential(
                 _conv(in_chans, embed_dim, kernel_size, stride=downsample_ratio, padding=pad, dilation=d),
-                nn.GELU(approximate=False)))
+                GELU(approximate=False)))
         self.out_chans = embed_dim * len(self.dilations)
 
     def forward(self, x):
@@ -95,7 +97,7 @@ class WindowAttention(nn.Layer):
         if self.relative_pos:
             bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index, axis=0)
             attn = broadcast_add(attn, permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0))
-        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        attn = self.attn_drop(softmax(attn, axis=-1))
         x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, self.dim])
         return self.proj_drop(self.proj(x))
 
@@ -117,7 +119,7 @@ class Attention(nn.Layer):
         N, C, nH = x.shape[1], self.dim, self.num_heads
         qkv = permute(self.qkv(x).reshape([-1, N, 3, nH, C // nH]), [2, 0, 3, 1, 4])
         q, k, v = paddle.unbind(qkv, 0)          # faster backward than qkv[i] (swin.py)
-        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
+        attn = self.attn_drop(softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
         x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, C])
         return self.proj_drop(self.proj(x))
 
@@ -138,7 +140,7 @@ class TokenAttention(nn.Layer):
         N, D, nH = x.shape[1], self.in_dim, self.num_heads
         qkv = permute(self.qkv(x).reshape([-1, N, 3, nH, D // nH]), [2, 0, 3, 1, 4])
         q, k, v = paddle.unbind(qkv, 0)          # faster backward than qkv[i] (swin.py)
-        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
+        attn = self.attn_drop(softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
         x = self.proj_drop(self.proj(permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, D])))
         return permute(v, [0, 2, 1, 3]).reshape([-1, N, D]) + x
 
@@ -151,10 +153,10 @@ class SwinRCAttn(nn.Layer):
         super().__init__()
         if input_resolution <= window_size:
             window_size = input_resolution
-        self.norm1 = nn.LayerNorm(in_dim, epsilon=norm_eps)
+        self.norm1 = layer_norm(in_dim, norm_eps)
         self.attn = WindowAttention(in_dim, out_dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
                                     relative_pos)
-        self.norm2 = nn.LayerNorm(out_dim, epsilon=norm_eps)
+        self.norm2 = layer_norm(out_dim, norm_eps)
         self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), drop=drop)
 
 
@@ -164,9 +166,9 @@ class TokenTransformer(nn.Layer):
     def __init__(self, dim, in_dim, num_heads, mlp_ratio=1.0, qkv_bias=False, qk_scale=None, drop=0.0,
                  attn_drop=0.0, norm_eps=1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=norm_eps)
+        self.norm1 = layer_norm(dim, norm_eps)
         self.attn = TokenAttention(dim, in_dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(in_dim, epsilon=norm_eps)
+        self.norm2 = layer_norm(in_dim, norm_eps)
         self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim, drop=drop)
 
 
@@ -190,10 +192,10 @@ class ReductionCell(nn.Layer):
         self.PCM = nn.Sequential(
             _conv(in_chans, embed_dims, 3, stride=strides[0], padding=1, groups=group),
             _bn(embed_dims),
-            nn.Silu(),
+            Silu(),
             _conv(embed_dims, embed_dims, 3, stride=strides[1], padding=1, groups=group),
             _bn(embed_dims),
-            nn.Silu(),
+            Silu(),
             _conv(embed_dims, token_dims, 3, stride=strides[2], padding=1, groups=group))
         self.PRM = PRM(kernel_size, downsample_ratios, dilations, in_chans, embed_dims)
         c = self.PRM.out_chans
@@ -239,23 +241,23 @@ class NormalCell(nn.Layer):
         self.dim = dim
         self.tokens_type = tokens_type
         self.window_size = window_size
-        self.norm1 = nn.LayerNorm(dim, epsilon=norm_eps)
+        self.norm1 = layer_norm(dim, norm_eps)
         if tokens_type == "swin":
             self.attn = WindowAttention(dim, dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
                                         relative_pos)
         else:
             self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
         self.drop_path = make_drop_path(drop_path)
-        self.norm2 = nn.LayerNorm(dim, epsilon=norm_eps)
+        self.norm2 = layer_norm(dim, norm_eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = Mlp(dim, hidden, drop=drop)
         self.PCM = nn.Sequential(
             _conv(dim, hidden, 3, 1, 1, 1, group),
             _bn(hidden),
-            nn.Silu(),
+            Silu(),
             _conv(hidden, dim, 3, 1, 1, 1, group),
             _bn(dim),
-            nn.Silu(),
+            Silu(),
             _conv(dim, dim, 3, 1, 1, 1, group))
 
     def forward(self, x, H, W):
@@ -332,7 +334,7 @@ class ViTAEv2(nn.Layer):
             in_chans = token_dims[i]
         self.layers = nn.LayerList(layers)
         for i in range(stages):      # Q2: created (checkpoint keys) but never applied
-            self.add_sublayer(f"norm{i}", nn.LayerNorm(token_dims[i], epsilon=norm_eps))
+            self.add_sublayer(f"norm{i}", layer_norm(token_dims[i], norm_eps))
         self.out_channels = list(token_dims)
 
     def forward(self, x):

@@ -1,0 +1,60 @@
+"""The ``dygraph_ops_cpu`` extension: paddle_rs's dygraph CPU operators with C++-registered gradients.
+
+``csrc/dygraph_ops_cpu.cc`` holds ``rs_softmax``, ``rs_eltwise`` (GELU, SiLU) and ``rs_layer_norm`` on oneDNN,
+used by :mod:`paddle_rs.ops.act`, and ``rs_linear`` (Paddle's GEMM, a fast bias gradient), used by
+:mod:`paddle_rs.ops.linear`. Built on first use against the oneDNN library Paddle ships
+(:mod:`paddle_rs.ops._onednn`; ~15 s, then cached) and checked against ``paddle.nn.functional`` before use.
+``PADDLE_RS_DYGRAPH_OPS=0`` disables it; any failure is reported once as a warning and the Paddle ops are used.
+"""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from ._build import load_once
+from ._onednn import build_onednn_extension
+
+__all__ = ["dygraph_ext", "GELU_ALG", "SILU_ALG", "OPS"]
+
+_EXT_STATE = {}   # "module": loaded extension or None (unavailable), "build_s": seconds spent in load()
+GELU_ALG, SILU_ALG = 0, 1   # rs_eltwise's alg
+OPS = ("rs_softmax", "rs_eltwise", "rs_layer_norm", "rs_linear")
+
+
+def _self_check(module):
+    """Each op, forward and every gradient, against ``paddle.nn.functional`` on a small input (catches a header /
+    library mismatch that still loads)."""
+    rng = np.random.default_rng(0)
+    x, w, b, g = (paddle.to_tensor(rng.standard_normal(s).astype("float32")) for s in ((3, 5, 7), (7,), (7,),
+                                                                                          (3, 5, 7)))
+    w2 = paddle.to_tensor(rng.standard_normal((7, 7)).astype("float32"))
+    pairs = [((x,), lambda t: module.rs_softmax(t), lambda t: F.softmax(t, -1)),
+             ((x,), lambda t: module.rs_eltwise(t, GELU_ALG), F.gelu),
+             ((x,), lambda t: module.rs_eltwise(t, SILU_ALG), F.silu),
+             ((x, w, b), lambda t, ww, bb: module.rs_layer_norm(t, ww, bb, 1e-5)[0],
+              lambda t, ww, bb: F.layer_norm(t, [7], ww, bb, 1e-5)),
+             ((x, w2, b), module.rs_linear, F.linear)]
+    with paddle.set_grad_enabled(True):           # the first call may come from a no_grad block
+        for inputs, ours, ref in pairs:
+            results = []
+            for fn in (ours, ref):
+                leaves = [t.detach() for t in inputs]
+                for t in leaves:
+                    t.stop_gradient = False
+                y = fn(*leaves)
+                results.append([y] + list(paddle.grad([y], leaves, [g])))
+            for a, r in zip(*results):
+                if a.shape != r.shape or not np.allclose(a.numpy(), r.numpy(), rtol=1e-4, atol=1e-4):
+                    raise RuntimeError("self-check against paddle.nn.functional failed")
+
+
+@paddle.jit.not_to_static
+def dygraph_ext():
+    """The compiled extension module (ops :data:`OPS`), or ``None`` (``PADDLE_RS_DYGRAPH_OPS=0``, or any failure,
+    reported once as a warning)."""
+    def build():
+        module = build_onednn_extension("dygraph_ops_cpu", "dygraph_ops_cpu.cc", OPS)
+        _self_check(module)
+        return module
+
+    return load_once(_EXT_STATE, "PADDLE_RS_DYGRAPH_OPS", "dygraph CPU ops (softmax, GELU, SiLU, LayerNorm, linear)",
+                     "the paddle.nn.functional ops", build)

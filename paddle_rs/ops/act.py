@@ -1,0 +1,105 @@
+"""Softmax, GELU, SiLU and LayerNorm on oneDNN for Paddle dygraph on CPU, with the ordinary ops elsewhere.
+
+Why: Paddle 3.3.1's CPU kernels for these are plain loops, far slower than torch's vectorised ones; oneDNN, which
+Paddle ships (``libdnnl.so.3``) and torch uses for the same ops, matches torch. Measured on 2 threads (Sapphire
+Rapids, fp32), median ms, Paddle / oneDNN op / torch 2.13:
+
+==========================================  ===================  =====================
+op, shape                                   forward              forward + backward
+==========================================  ===================  =====================
+softmax, last axis, ``[361, 3, 49, 49]``    18.4 / 2.5 / 2.8     23.9 / 7.3 / 4.8
+GELU (erf), ``[1, 64, 128, 128]``           2.3 / 1.1 / 0.9      7.1 / 3.3 / 2.2
+SiLU, ``[1, 64, 128, 128]``                 2.1 / 1.2 / 0.9      5.2 / 3.5 / 2.1
+LayerNorm(96), ``[1, 16384, 96]``           1.4 / 1.4 / 1.3      22.4 / 4.7 / 3.2
+==========================================  ===================  =====================
+
+(forward + backward includes Paddle's autograd bookkeeping.) The ops are the custom operators ``rs_softmax``,
+``rs_eltwise`` and ``rs_layer_norm`` of ``csrc/dygraph_ops_cpu.cc``, each with its gradient operator registered
+in C++, so Paddle's autograd engine runs the backward (``paddle.grad`` with respect to any subset of the inputs
+works, unlike with a ``PyLayer``). Built on first use and cached (:mod:`paddle_rs.ops._dygraph_ext`);
+``PADDLE_RS_DYGRAPH_OPS=0`` disables them.
+
+Paths: dygraph, fp32, CPU, no AMP (:func:`paddle_rs.ops._mode.dygraph_cpu_fp32`), a non-empty tensor, and for
+softmax the last axis, for GELU the exact (erf) form, for LayerNorm one normalised (last) axis with both weight and
+bias: the oneDNN op. Anything else -- static graphs and therefore every export, GPU, other dtypes, AMP, other
+axes -- the ``paddle.nn.functional`` op.
+
+Numerics: fp32 rounding apart from Paddle's and torch's ops, as accurate against float64 (max error relative to the
+tensor's max, forward / backward: softmax 2.2e-7 / 5.4e-7, GELU 8.0e-8 / 1.3e-7, SiLU 5.5e-8 / 1.6e-7, LayerNorm
+1.6e-7 / 1.0e-7); oneDNN's GELU is bit-identical to torch's, forward and backward. Unlike Paddle's own
+``layer_norm``, whose input gradient ignores the weight whenever the weight's gradient is not computed (a frozen
+weight, ``paddle.grad`` w.r.t. the input; Paddle 3.3.1), ``rs_layer_norm``'s gradient is right in every case.
+"""
+import numbers
+
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ._dygraph_ext import GELU_ALG, SILU_ALG, dygraph_ext
+from ._mode import dygraph_cpu_fp32
+
+__all__ = ["softmax", "gelu", "silu", "layer_norm", "GELU", "Silu", "LayerNorm"]
+
+
+def _fast(x, *params):
+    return dygraph_cpu_fp32(x, *params) and x.size > 0 and dygraph_ext() is not None
+
+
+def softmax(x, axis=-1):
+    """``paddle.nn.functional.softmax(x, axis)``; oneDNN for the last axis where the module docstring says."""
+    if axis in (-1, x.ndim - 1) and _fast(x):
+        return dygraph_ext().rs_softmax(x)
+    return F.softmax(x, axis=axis)
+
+
+def gelu(x, approximate=False):
+    """``paddle.nn.functional.gelu(x, approximate)``; oneDNN for the exact (erf) form."""
+    if not approximate and _fast(x):
+        return dygraph_ext().rs_eltwise(x, GELU_ALG)
+    return F.gelu(x, approximate=approximate)
+
+
+def silu(x):
+    """``paddle.nn.functional.silu(x)`` (``x * sigmoid(x)``)."""
+    if _fast(x):
+        return dygraph_ext().rs_eltwise(x, SILU_ALG)
+    return F.silu(x)
+
+
+def _last_axis(normalized_shape):
+    """The size of the single normalised axis, or ``None`` when several axes are normalised."""
+    if isinstance(normalized_shape, numbers.Integral):
+        return int(normalized_shape)
+    shape = list(normalized_shape)
+    return int(shape[0]) if len(shape) == 1 else None
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, epsilon=1e-05):
+    """``paddle.nn.functional.layer_norm`` with the same arguments; oneDNN for one normalised axis with both an
+    affine weight and bias."""
+    if (weight is not None and bias is not None and x.ndim >= 1 and _last_axis(normalized_shape) == x.shape[-1]
+            and _fast(x, weight, bias)):
+        return dygraph_ext().rs_layer_norm(x, weight, bias, float(epsilon))[0]
+    return F.layer_norm(x, normalized_shape, weight, bias, epsilon)
+
+
+class GELU(nn.GELU):
+    """``paddle.nn.GELU`` whose forward goes through :func:`gelu`."""
+
+    def forward(self, x):
+        return gelu(x, self._approximate)
+
+
+class Silu(nn.Silu):
+    """``paddle.nn.Silu`` whose forward goes through :func:`silu`."""
+
+    def forward(self, x):
+        return silu(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``paddle.nn.LayerNorm`` (same constructor, parameters and state_dict) whose forward goes through
+    :func:`layer_norm`."""
+
+    def forward(self, x):
+        return layer_norm(x, self._normalized_shape, self.weight, self.bias, self._epsilon)
