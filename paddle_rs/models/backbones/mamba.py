@@ -9,7 +9,11 @@ and parameter names, same forward order). Framework notes:
   faster than transposing to NCL on Paddle CPU) with ``padding=[K-1, 0]`` (left
   only), which equals torch's ``padding=K-1`` followed by ``[..., :L]`` without a
   slice whose bound depends on ``L``. Same weight layout ``[I, 1, K]``.
-* LayerNorms get ``epsilon`` explicitly (1e-6); Paddle's default is 1e-5.
+* LayerNorms get ``epsilon`` explicitly (1e-6); Paddle's default is 1e-5. They are
+  :class:`paddle_rs.ops.act.LayerNorm` (oneDNN in dygraph on CPU): Paddle 3.3.1's own
+  ``layer_norm`` drops the weight from the input gradient whenever the weight's gradient
+  is not computed (frozen parameters, ``paddle.grad`` w.r.t. the image), which made
+  RSMamba's input gradients with frozen parameters 57 % off torch's.
 * Token reversal is ``index_select`` with a reversed index (``paddle.flip`` is
   ~25x slower on CPU for ``[B, L, D]``); exact, like torch's ``flip``.
 * Initialisation reproduces torch's defaults with ``paddle_rs.models.init``.
@@ -33,6 +37,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .. import init
+from ...ops.act import LayerNorm
 from ...ops.conv import Conv2D
 from ...ops.selective_scan import selective_scan_blc
 
@@ -182,11 +187,11 @@ class RSMambaBackbone(nn.Layer):
                 fc = nn.Linear(n_paths * D, n_paths, bias_attr=False)
                 init.torch_default_(fc)
                 self.gate_layers.append(nn.Sequential(fc, nn.Softmax(axis=-1)))
-        self.pre_norm = nn.LayerNorm(D, epsilon=norm_eps)
+        self.pre_norm = LayerNorm(D, epsilon=norm_eps)
         if final_norm:
-            self.ln1 = nn.LayerNorm(D, epsilon=norm_eps)
+            self.ln1 = LayerNorm(D, epsilon=norm_eps)
         if out_type == "avg_featmap":
-            self.ln2 = nn.LayerNorm(D, epsilon=norm_eps)
+            self.ln2 = LayerNorm(D, epsilon=norm_eps)
 
         # token reversal as an index_select: paddle.flip is ~25x slower on CPU (porting note in the module doc)
         self.register_buffer("reverse_index", paddle.arange(L - 1, -1, -1, dtype="int64"), persistable=False)
