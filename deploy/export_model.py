@@ -67,6 +67,10 @@ def build_parser():
                    help="convolutions (kernels > 1x1) in the graph: the oneDNN custom op (auto: when the model's "
                         "predictor runs without oneDNN and the op builds here; recorded in model.yml, Predictor "
                         "registers it) or the ordinary conv2d op (no custom op)")
+    p.add_argument("--ops", choices=("auto", "custom", "plain"), default="auto",
+                   help="softmax / GELU / SiLU / LayerNorm / Linear in the graph: paddle_rs's custom ops (oneDNN; "
+                        "auto: when the model's predictor runs without oneDNN and they build here; recorded in "
+                        "model.yml, Predictor registers them) or Paddle's own ops")
     p.add_argument("--legacy_twin", action="store_true",
                    help="also write a legacy model.pdmodel export into <save_dir>_legacy (FLAGS_enable_pir_api=0)")
     p.add_argument("--quiet", action="store_true")
@@ -110,7 +114,7 @@ def main(argv=None):
             model_info["labels"] = _read_labels(args.labels)
     model.eval()
     out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info, scan=args.scan,
-                 conv=args.conv)
+                 conv=args.conv, ops=args.ops)
     attrs = read_model_yml(out).get("_Attributes") or {}
     scan = attrs.get("scan_backend")
     if scan:
@@ -119,13 +123,17 @@ def main(argv=None):
     if attrs.get("conv_backend"):
         log(f"[export] convolutions in the graph: {attrs['conv_backend']}" +
             (" (custom op rs_conv2d_fwd; Predictor registers it)" if attrs["conv_backend"] == "onednn" else ""))
+    if attrs.get("ops_backend"):
+        custom = [op for op in attrs.get("custom_ops") or [] if op not in ("rs_conv2d_fwd", "rs_selective_scan_fwd")]
+        log(f"[export] softmax / GELU / SiLU / LayerNorm / Linear in the graph: {attrs['ops_backend']}" +
+            (f" (custom ops {', '.join(custom)}; Predictor registers them)" if custom else ""))
     log(f"[export] wrote {', '.join(sorted(os.listdir(out)))} to {out}")
 
     if args.legacy_twin and os.environ.get("FLAGS_enable_pir_api", "1") not in ("0", "false", "False"):
         twin = out.rstrip(os.sep) + "_legacy"
         with tempfile.TemporaryDirectory() as td:
             cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet", "--scan", args.scan,
-                   "--conv", args.conv]
+                   "--conv", args.conv, "--ops", args.ops]
             if args.model_dir:
                 cmd += ["--model_dir", args.model_dir] + (["--weights", args.weights] if args.weights else [])
             else:

@@ -465,8 +465,11 @@ def test_export_and_inference_parity(tmp_path, capsys):
     from paddle_rs.ops.conv import onednn_ext
     conv = onednn_ext() is not None            # and the patch embedding as the oneDNN convolution op
     assert info["_Attributes"]["conv_backend"] == ("onednn" if conv else "plain")
+    from paddle_rs.ops._dygraph_ext import dygraph_ext
+    ln = dygraph_ext() is not None             # and the LayerNorms as paddle_rs's oneDNN layer_norm op
+    assert info["_Attributes"]["ops_backend"] == ("custom" if ln else "plain")
     assert info["_Attributes"]["custom_ops"] == (["rs_selective_scan_fwd"] if fused else []) + \
-        (["rs_conv2d_fwd"] if conv else [])
+        (["rs_conv2d_fwd"] if conv else []) + (["rs_layer_norm"] if ln else [])
     pred = Predictor(out, cpu_threads=1, topk=2)
     rng = np.random.default_rng(5)
     for batch in (1, 2):
@@ -505,7 +508,7 @@ def test_export_scan_loop_and_fused_op_registration(tmp_path, monkeypatch):
                   perm_seed=3)
     net.eval()
     loop = export(net, tmp_path / "loop", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
-                  conv="plain")
+                  conv="plain", ops="plain")
     attrs = read_model_yml(loop)["_Attributes"]
     assert attrs["scan_backend"] == "loop" and attrs["conv_backend"] == "plain" and attrs["custom_ops"] == []
     assert not re.findall(r'"\d\.(rs_\w*)"', open(os.path.join(loop, "model.json")).read())   # no custom op
@@ -526,13 +529,24 @@ def test_export_scan_loop_and_fused_op_registration(tmp_path, monkeypatch):
     if conv.onednn_ext() is None:
         return
     onednn = export(net, tmp_path / "conv", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
-                    conv="onednn")
+                    conv="onednn", ops="plain")
     assert read_model_yml(onednn)["_Attributes"]["custom_ops"] == ["rs_conv2d_fwd"]
     _, score = Predictor(onednn, cpu_threads=1).run_batch(x)
     assert np.abs(score - ref).max() < 1e-4
     monkeypatch.setitem(conv._EXT_STATE, "module", None)
     with pytest.raises(RuntimeError, match="--conv plain"):
         Predictor(onednn, cpu_threads=1)
+    from paddle_rs.ops import _dygraph_ext
+    if _dygraph_ext.dygraph_ext() is None:
+        return
+    custom = export(net, tmp_path / "ops", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
+                    conv="plain", ops="custom")
+    assert read_model_yml(custom)["_Attributes"]["custom_ops"] == ["rs_layer_norm"]
+    _, score = Predictor(custom, cpu_threads=1).run_batch(x)
+    assert np.abs(score - ref).max() < 1e-4
+    monkeypatch.setitem(_dygraph_ext._EXT_STATE, "module", None)
+    with pytest.raises(RuntimeError, match="--ops plain"):
+        Predictor(custom, cpu_threads=1)
 
 
 @pytest.mark.slow

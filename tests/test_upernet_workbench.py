@@ -528,6 +528,7 @@ def test_export_and_paddle_inference(name, tmp_path):
     from paddle_rs.deploy.export import export
     from paddle_rs.deploy.model_yml import read_model_yml
     from paddle_rs.deploy.predictor import Predictor
+    from paddle_rs.ops._dygraph_ext import dygraph_ext
     from paddle_rs.ops.conv import onednn_ext
     from align.cases.upernet import condition_weights
     from convert.api import copy_torch_to_paddle
@@ -540,6 +541,7 @@ def test_export_and_paddle_inference(name, tmp_path):
     pm.eval()
     fixed = name != "upernet_r50"
     custom = fixed and onednn_ext() is not None
+    custom_ops = fixed and dygraph_ext() is not None
     exports = [([1, 3, s, s], [(s, s)]) for s in (96, 128)] if fixed else [(None, [(64, 96), (96, 128)])]
     for k, (shape, sizes) in enumerate(exports):
         out = tmp_path / f"static{k}"
@@ -549,8 +551,12 @@ def test_export_and_paddle_inference(name, tmp_path):
         assert attrs["onednn"] is (name == "upernet_r50")
         # without oneDNN in the predictor, the 3x3 convolutions go into the graph as the oneDNN custom op
         assert attrs["conv_backend"] == ("onednn" if custom else "plain")
-        assert attrs["custom_ops"] == (["rs_conv2d_fwd"] if custom else [])
-        assert ("rs_conv2d_fwd" in open(out / "model.json").read()) is custom
+        # ... and so do softmax / GELU / LayerNorm / Linear (paddle_rs.ops.act, .linear), Swin / ViTAE
+        ops = ["rs_softmax", "rs_eltwise", "rs_layer_norm", "rs_linear"] if custom_ops else []
+        assert attrs.get("ops_backend") == (None if name == "upernet_r50" else "custom" if custom_ops else "plain")
+        assert attrs["custom_ops"] == (["rs_conv2d_fwd"] if custom else []) + ops
+        program = open(out / "model.json").read()
+        assert ("rs_conv2d_fwd" in program) is custom and all(op in program for op in ops)
         pred = Predictor(str(out), cpu_threads=2)
         assert pred.config.mkldnn_enabled() is (name == "upernet_r50")
         for seed, (h, w) in enumerate(sizes):

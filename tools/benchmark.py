@@ -66,6 +66,9 @@ def main(argv=None):
     ap.add_argument("--no_inference", action="store_true", help="skip the Paddle Inference timing")
     ap.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
                     help="convolution backend of the timed export (deploy/export_model.py --conv)")
+    ap.add_argument("--ops", choices=("auto", "custom", "plain"), default="auto",
+                    help="softmax / GELU / SiLU / LayerNorm / Linear backend of the timed export "
+                         "(deploy/export_model.py --ops)")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="glibc allocator thresholds for the whole process, both frameworks "
                          "(paddle_rs.utils.runtime.tune_cpu_malloc, as train/eval/infer use; 'default': glibc's)")
@@ -112,13 +115,14 @@ def main(argv=None):
         from paddle_rs.deploy.predictor import Predictor
         with tempfile.TemporaryDirectory() as d:
             export(pm, os.path.join(d, "static"), input_shape=list(x.shape),
-                   model_info={"model_name": args.model}, conv=args.conv)
+                   model_info={"model_name": args.model}, conv=args.conv, ops=args.ops)
             pred = Predictor(os.path.join(d, "static"), cpu_threads=args.threads)
             # dygraph timed again, alternating with the predictor (the ratio's two sides under the same load)
             res["paddle_forward_vs_inference_s"], res["inference_forward_s"] = interleaved(
                 [p_fwd, lambda: pred.run_batch(x)], args.repeat)
             res["inference_onednn"] = bool(pred.config.mkldnn_enabled())
             res["inference_conv"] = (pred.info.get("_Attributes") or {}).get("conv_backend")
+            res["inference_ops"] = (pred.info.get("_Attributes") or {}).get("ops_backend")
     res["ratio_forward_paddle_over_torch"] = res["paddle_forward_s"] / res["torch_forward_s"]
     if "paddle_train_step_s" in res:
         res["ratio_train_step_paddle_over_torch"] = res["paddle_train_step_s"] / res["torch_train_step_s"]
@@ -131,7 +135,7 @@ def main(argv=None):
             print(f"  {k[:-2]:<28} {v * 1000:9.1f} ms")
     if "inference_onednn" in res:
         print(f"  inference: oneDNN {'on' if res['inference_onednn'] else 'off'}, convolutions "
-              f"{res['inference_conv'] or 'none'}")
+              f"{res['inference_conv'] or 'none'}, softmax / GELU / SiLU / LayerNorm / Linear {res['inference_ops'] or 'none'}")
     for k, v in res.items():
         if k.startswith("ratio_"):
             print(f"  {k:<40} {v:6.2f}")

@@ -33,7 +33,7 @@ from .model_yml import MODEL_TYPES, make_pipeline_yml, read_model_yml, write_mod
 __all__ = [
     "InferNet", "export", "parse_input_shape", "build_export_transforms", "make_export_model_yml",
     "load_weights_strict", "StrictLoadError", "build_from_model_dir", "resolve_registry_name",
-    "IMAGENET_MEAN", "IMAGENET_STD", "resolve_scan_backend", "resolve_conv_backend", "SCAN_OP",
+    "IMAGENET_MEAN", "IMAGENET_STD", "resolve_scan_backend", "resolve_conv_backend", "resolve_ops_backend", "SCAN_OP",
 ]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -377,6 +377,37 @@ def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
     return "plain"
 
 
+def _has_dygraph_ops(model: nn.Layer) -> bool:
+    from paddle_rs.ops.act import GELU, LayerNorm, Silu
+    from paddle_rs.ops.linear import Linear
+    return any(isinstance(m, (GELU, LayerNorm, Silu, Linear)) for m in [model] + list(model.sublayers()))
+
+
+def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
+    """What an export puts into the graph for the softmax / GELU / SiLU / LayerNorm / Linear of
+    :mod:`paddle_rs.ops.act` and :mod:`paddle_rs.ops.linear` (None: the model has none of their layers).
+
+    ``auto``: their custom ops (``csrc/dygraph_ops_cpu.cc``: oneDNN softmax, GELU, SiLU, LayerNorm; linear as one
+    ``addmm``) when the model's predictor runs without oneDNN (``onednn_inference`` False: Swin, ViTAE, RSMamba;
+    Paddle's own CPU kernels for these are several times slower, which made Paddle Inference slower than
+    dygraph) and the extension builds here; otherwise Paddle's ops (``plain``). ``custom`` fails when the
+    extension is unavailable; ``plain`` gives a graph without them.
+    """
+    if ops not in ("auto", "custom", "plain"):
+        raise ValueError(f"ops must be 'auto', 'custom' or 'plain', got {ops!r}")
+    if not _has_dygraph_ops(model):
+        return None
+    if ops == "plain" or (ops == "auto" and getattr(model, "onednn_inference", False)):
+        return "plain"
+    from paddle_rs.ops._dygraph_ext import dygraph_ext
+    if dygraph_ext() is not None:
+        return "custom"
+    if ops == "custom":
+        raise RuntimeError("ops='custom' requested but the dygraph-ops extension cannot be built here (see the "
+                           "warning above: it needs g++ and oneDNN 3.x headers); export with ops='plain' instead")
+    return "plain"
+
+
 def _onednn_ready(model: nn.Layer, program_dir) -> bool:
     """Whether the predictor may run this export with oneDNN (``model.yml`` ``_Attributes.onednn``): the network
     says its graph runs correctly with oneDNN (attribute ``onednn_inference``, verified by the export tests at two
@@ -391,7 +422,7 @@ def _onednn_ready(model: nn.Layer, program_dir) -> bool:
 
 
 def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dict] = None,
-           task: Optional[str] = None, scan: str = "auto", conv: str = "auto") -> str:
+           task: Optional[str] = None, scan: str = "auto", conv: str = "auto", ops: str = "auto") -> str:
     """Export ``model`` for Paddle Inference into ``save_dir`` (porting.md §5.1 recipe).
 
     ``input_shape``: None (``[None, C, -1, -1]``), ``[h, w]`` or ``[n, c, h, w]`` (``n = -1`` dynamic batch).
@@ -399,7 +430,9 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     :func:`resolve_scan_backend`); a fused export records ``custom_ops: [rs_selective_scan_fwd]`` in
     ``model.yml``, and :class:`~paddle_rs.deploy.predictor.Predictor` registers the op before loading.
     ``conv``: convolution backend in the graph (see :func:`resolve_conv_backend`), recorded as
-    ``_Attributes.conv_backend``; ``onednn`` adds ``rs_conv2d_fwd`` to ``custom_ops``.
+    ``_Attributes.conv_backend``; ``onednn`` adds ``rs_conv2d_fwd`` to ``custom_ops``. ``ops``: softmax / GELU /
+    SiLU / LayerNorm / Linear backend (see :func:`resolve_ops_backend`), recorded as ``_Attributes.ops_backend``;
+    ``custom`` adds those of ``rs_softmax`` / ``rs_eltwise`` / ``rs_layer_norm`` / ``rs_linear`` the graph holds.
     Files are written into a temporary sibling directory and moved into place at the end, so a failed export
     leaves no half-written model behind. Returns the absolute ``save_dir``.
     """
@@ -418,9 +451,12 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     if conv_backend is not None:
         from paddle_rs.ops.conv import CONV_OP
         info["_Attributes"]["conv_backend"] = conv_backend
-        ops = info["_Attributes"].setdefault("custom_ops", [])
+        custom_ops = info["_Attributes"].setdefault("custom_ops", [])
         if conv_backend == "onednn":
-            ops.append(CONV_OP)
+            custom_ops.append(CONV_OP)
+    ops_backend = resolve_ops_backend(model, ops)
+    if ops_backend is not None:
+        info["_Attributes"]["ops_backend"] = ops_backend
     task = {v: k for k, v in MODEL_TYPES.items()}.get(info["_Attributes"]["model_type"], "seg")
     c = int(info["_Attributes"]["in_channels"])
     if fixed is None:
@@ -433,7 +469,7 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     parent = os.path.dirname(save_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_export_", dir=parent)
-    prev_scan = prev_conv = None
+    prev_scan = prev_conv = prev_ops = None
     try:
         if backend is not None:
             from paddle_rs.ops.selective_scan import set_static_scan
@@ -441,10 +477,18 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
         if conv_backend is not None:
             from paddle_rs.ops.conv import set_static_conv
             prev_conv = set_static_conv(conv_backend)
+        if ops_backend is not None:
+            from paddle_rs.ops._dygraph_ext import set_static_ops
+            prev_ops = set_static_ops(ops_backend)
         net = InferNet(model, task=task)
         spec = [paddle.static.InputSpec(shape, "float32", name="image")]
         static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
         paddle.jit.save(static, os.path.join(tmp, "model"))
+        if ops_backend == "custom":
+            from paddle_rs.ops._dygraph_ext import OPS
+            with open(os.path.join(tmp, "model.json")) as f:
+                program = f.read()
+            info["_Attributes"].setdefault("custom_ops", []).extend(op for op in OPS if op in program)
         info["_Attributes"]["onednn"] = _onednn_ready(model, tmp)
         write_model_yml(os.path.join(tmp, "model.yml"), info)
         write_yaml(os.path.join(tmp, "pipeline.yml"),
@@ -467,6 +511,9 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
         if prev_conv is not None:
             from paddle_rs.ops.conv import set_static_conv
             set_static_conv(prev_conv)
+        if prev_ops is not None:
+            from paddle_rs.ops._dygraph_ext import set_static_ops
+            set_static_ops(prev_ops)
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         if was_training:

@@ -12,7 +12,8 @@
   ``enable_memory_optim`` is declined for PIR programs (Paddle#75496); legacy programs allow it;
 - custom ops (``model.yml`` ``_Attributes.custom_ops``) are registered before the program loads: the fused
   selective scan (``rs_selective_scan_fwd``, RSMamba) and the oneDNN convolution (``rs_conv2d_fwd``, which exports
-  of models whose predictor runs without oneDNN carry; :func:`paddle_rs.deploy.export.resolve_conv_backend`). An
+  of models whose predictor runs without oneDNN carry; :func:`paddle_rs.deploy.export.resolve_conv_backend`) and
+  paddle_rs's softmax / GELU / SiLU / LayerNorm / linear ops (``rs_softmax`` ...; ``resolve_ops_backend``). An
   op that cannot be built here is an error naming the export flag that avoids it (``--scan loop`` /
   ``--conv plain``);
 - GPU when requested and available (otherwise a warning and CPU); TensorRT is refused for segmenters.
@@ -206,6 +207,7 @@ class Predictor:
     def _register_custom_ops(self, ops):
         """Load the libraries of the custom ops an export recorded (``model.yml`` ``_Attributes.custom_ops``)
         before the program is loaded; Paddle Inference cannot resolve them otherwise."""
+        from paddle_rs.ops._dygraph_ext import OPS as DYGRAPH_OPS
         from paddle_rs.ops.conv import CONV_OP
         known = {
             "rs_selective_scan_fwd": ("paddle_rs.ops.selective_scan", "fused_ext", "the fused selective-scan op",
@@ -213,6 +215,10 @@ class Predictor:
             CONV_OP: ("paddle_rs.ops.conv", "onednn_ext", "the oneDNN convolution op",
                       "g++ and oneDNN 3.x headers (from the torch wheel or PADDLE_RS_ONEDNN_INCLUDE)", "--conv plain"),
         }
+        for op in DYGRAPH_OPS:
+            known[op] = ("paddle_rs.ops._dygraph_ext", "dygraph_ext", "paddle_rs's softmax / GELU / SiLU / LayerNorm / "
+                         "linear ops", "g++ and oneDNN 3.x headers (from the torch wheel or PADDLE_RS_ONEDNN_INCLUDE)",
+                         "--ops plain")
         unknown = [op for op in ops if op not in known]
         if unknown:
             raise RuntimeError(f"{self.model_dir}: model.yml lists custom ops this paddle_rs does not provide: "

@@ -5,15 +5,21 @@ used by :mod:`paddle_rs.ops.act`, and ``rs_linear`` (Paddle's GEMM, a fast bias 
 :mod:`paddle_rs.ops.linear`. Built on first use against the oneDNN library Paddle ships
 (:mod:`paddle_rs.ops._onednn`; ~15 s, then cached) and checked against ``paddle.nn.functional`` before use.
 ``PADDLE_RS_DYGRAPH_OPS=0`` disables it; any failure is reported once as a warning and the Paddle ops are used.
+
+Exports: a static graph gets Paddle's own ops by default; after ``set_static_ops("custom")`` (what
+:func:`paddle_rs.deploy.export.export` does for a predictor that runs without oneDNN) it gets these custom ops'
+forwards instead, and the process that runs the program must register the library first
+(:class:`paddle_rs.deploy.predictor.Predictor` does, from ``model.yml`` ``custom_ops``).
 """
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ._build import load_once
+from ._build import StaticBackend, load_once
+from ._mode import dygraph_cpu_fp32
 from ._onednn import build_onednn_extension
 
-__all__ = ["dygraph_ext", "GELU_ALG", "SILU_ALG", "OPS"]
+__all__ = ["dygraph_ext", "use_ext", "set_static_ops", "static_custom", "GELU_ALG", "SILU_ALG", "OPS"]
 
 _EXT_STATE = {}   # "module": loaded extension or None (unavailable), "build_s": seconds spent in load()
 GELU_ALG, SILU_ALG = 0, 1   # rs_eltwise's alg
@@ -58,3 +64,28 @@ def dygraph_ext():
 
     return load_once(_EXT_STATE, "PADDLE_RS_DYGRAPH_OPS", "dygraph CPU ops (softmax, GELU, SiLU, LayerNorm, linear)",
                      "the paddle.nn.functional ops", build)
+
+
+_STATIC = StaticBackend("plain", "custom", lambda: dygraph_ext(), "dygraph CPU ops")
+
+
+def set_static_ops(backend):
+    """What ``paddle.jit.to_static`` puts into a graph for :mod:`paddle_rs.ops.act` / :mod:`paddle_rs.ops.linear`:
+    ``"plain"`` (default, Paddle's ops; any Paddle Inference build runs the program) or ``"custom"`` (the forwards
+    of :data:`OPS`, fp32 only). Returns the previous backend; ``RuntimeError`` for ``"custom"`` when the extension
+    is unavailable."""
+    return _STATIC.set(backend)
+
+
+def static_custom():
+    """A static graph is being built with :func:`set_static_ops` ``"custom"``."""
+    return _STATIC.custom_on and not paddle.in_dynamic_mode()
+
+
+def use_ext(x, *params):
+    """Whether an op of this extension replaces Paddle's for ``x`` (and ``params``, ``None`` skipped): in dygraph on
+    CPU in fp32 (:func:`~paddle_rs.ops._mode.dygraph_cpu_fp32`) for a non-empty ``x``; in a static graph when
+    :func:`set_static_ops` chose ``"custom"`` and the tensors are fp32."""
+    if not paddle.in_dynamic_mode():
+        return _STATIC.custom_on and all(t is None or t.dtype == paddle.float32 for t in (x,) + params)
+    return dygraph_cpu_fp32(x, *params) and x.size > 0 and dygraph_ext() is not None

@@ -21,8 +21,8 @@ works, unlike with a ``PyLayer``). Built on first use and cached (:mod:`paddle_r
 
 Paths: dygraph, fp32, CPU, no AMP (:func:`paddle_rs.ops._mode.dygraph_cpu_fp32`), a non-empty tensor, and for
 softmax the last axis, for GELU the exact (erf) form, for LayerNorm one normalised (last) axis with both weight and
-bias: the oneDNN op. Anything else -- static graphs and therefore every export, GPU, other dtypes, AMP, other
-axes -- the ``paddle.nn.functional`` op.
+bias: the oneDNN op. Anything else -- GPU, other dtypes, AMP, other axes, and static graphs (exports) unless
+:func:`paddle_rs.ops._dygraph_ext.set_static_ops` chose the custom ops -- the ``paddle.nn.functional`` op.
 
 Numerics: fp32 rounding apart from Paddle's and torch's ops, as accurate against float64 (max error relative to the
 tensor's max, forward / backward: softmax 2.2e-7 / 5.4e-7, GELU 8.0e-8 / 1.3e-7, SiLU 5.5e-8 / 1.6e-7, LayerNorm
@@ -35,33 +35,28 @@ import numbers
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ._dygraph_ext import GELU_ALG, SILU_ALG, dygraph_ext
-from ._mode import dygraph_cpu_fp32
+from ._dygraph_ext import GELU_ALG, SILU_ALG, dygraph_ext, use_ext
 
 __all__ = ["softmax", "gelu", "silu", "layer_norm", "GELU", "Silu", "LayerNorm"]
 
 
-def _fast(x, *params):
-    return dygraph_cpu_fp32(x, *params) and x.size > 0 and dygraph_ext() is not None
-
-
 def softmax(x, axis=-1):
     """``paddle.nn.functional.softmax(x, axis)``; oneDNN for the last axis where the module docstring says."""
-    if axis in (-1, x.ndim - 1) and _fast(x):
+    if axis in (-1, x.ndim - 1) and use_ext(x):
         return dygraph_ext().rs_softmax(x)
     return F.softmax(x, axis=axis)
 
 
 def gelu(x, approximate=False):
     """``paddle.nn.functional.gelu(x, approximate)``; oneDNN for the exact (erf) form."""
-    if not approximate and _fast(x):
+    if not approximate and use_ext(x):
         return dygraph_ext().rs_eltwise(x, GELU_ALG)
     return F.gelu(x, approximate=approximate)
 
 
 def silu(x):
     """``paddle.nn.functional.silu(x)`` (``x * sigmoid(x)``)."""
-    if _fast(x):
+    if use_ext(x):
         return dygraph_ext().rs_eltwise(x, SILU_ALG)
     return F.silu(x)
 
@@ -78,7 +73,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, epsilon=1e-05):
     """``paddle.nn.functional.layer_norm`` with the same arguments; oneDNN for one normalised axis with both an
     affine weight and bias."""
     if (weight is not None and bias is not None and x.ndim >= 1 and _last_axis(normalized_shape) == x.shape[-1]
-            and _fast(x, weight, bias)):
+            and use_ext(x, weight, bias)):
         return dygraph_ext().rs_layer_norm(x, weight, bias, float(epsilon))[0]
     return F.layer_norm(x, normalized_shape, weight, bias, epsilon)
 

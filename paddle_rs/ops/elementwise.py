@@ -7,16 +7,25 @@ stage-1 attention at 512x512 (``[361, 3, 49, 49]``): relative-position bias ``[1
 shift mask ``[1, 361, 1, 49, 49]`` 36.9 -> 2.1 ms (the same-shape add alone: 0.5 ms).
 
 Results are bit-identical (the same float32 additions); the gradient of ``expand`` is the same reduction as the
-broadcast add's. Static graphs (exports) keep the plain broadcast ``add``.
+broadcast add's. Static graphs (exports) keep the plain broadcast ``add`` (a oneDNN predictor fuses it), except
+under :func:`paddle_rs.ops._dygraph_ext.set_static_ops` ``"custom"``, the setting of exports whose predictor runs
+without oneDNN: those get ``expand`` + ``add`` as in dygraph.
 """
+import paddle
 
+from ._dygraph_ext import static_custom
 from ._mode import dygraph_cpu_fp32
 
 __all__ = ["broadcast_add"]
 
 
+@paddle.jit.not_to_static
+def _expand_first(x, y):
+    return dygraph_cpu_fp32(x, y) if paddle.in_dynamic_mode() else static_custom()
+
+
 def broadcast_add(x, y):
     """``x + y`` where ``y`` broadcasts to ``x``'s shape (same rank, or fewer leading dimensions)."""
-    if dygraph_cpu_fp32(x, y) and y.shape != x.shape:
+    if _expand_first(x, y) and y.shape != x.shape:
         y = y.expand(x.shape)
     return x + y

@@ -20,7 +20,8 @@ bias, no AMP (:func:`paddle_rs.ops._mode.dygraph_cpu_fp32`):
   it is not used where one of them is not needed (a frozen layer, the network's input);
 * otherwise ``addmm`` over the input viewed as 2-D ``[-1, in]``;
 
-and anything else (static graphs and therefore every export, GPU, other dtypes, AMP, no bias):
+and anything else (GPU, other dtypes, AMP, no bias, and static graphs unless
+:func:`paddle_rs.ops._dygraph_ext.set_static_ops` chose the custom ops, then ``rs_linear``'s forward):
 ``paddle.nn.functional.linear``.
 
 Numerics: the GEMM adds ``C`` into its accumulator, so a row can differ from matmul-then-add by one float32
@@ -31,7 +32,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ._dygraph_ext import dygraph_ext
+from ._dygraph_ext import dygraph_ext, use_ext
 from ._mode import dygraph_cpu_fp32
 
 __all__ = ["linear", "Linear"]
@@ -40,6 +41,8 @@ __all__ = ["linear", "Linear"]
 def linear(x, weight, bias=None):
     """``paddle.nn.functional.linear(x, weight, bias)``, through ``rs_linear`` or ``addmm`` where the module
     docstring says."""
+    if bias is not None and not paddle.in_dynamic_mode() and use_ext(x, weight, bias):   # an export, "custom"
+        return dygraph_ext().rs_linear(x, weight, bias)
     if bias is None or x.ndim < 1 or not dygraph_cpu_fp32(x, weight, bias):
         return F.linear(x, weight, bias)
     if (paddle.is_grad_enabled() and not (x.stop_gradient or weight.stop_gradient or bias.stop_gradient)
