@@ -65,9 +65,9 @@ KNOWN = {d.id: d for d in [
         "few positions (8x8 / 4x4 maps at strides 16 / 32), and fp32 rounding decides some ReLU gates, max-pool "
         "routes and train-mode BatchNorm cancellations: torch fp32 differs from torch fp64 by up to 8.5e-3 of a "
         "tensor's max on the compared R50 gradients (1.6e-1 on decode_head.lateral_convs.2; 1.7e-2 even with BN "
-        "in eval mode), 3.8e-3 on Swin-T (there torch fp32 is the less accurate one: Paddle fp32 1.0e-4; global "
-        "norm 1.2e-4 relative) and 2.2e-4 on ViTAEv2-S. Paddle fp32 lies as close to torch fp64 as torch fp32 does "
-        "(R50 1.65e-2, Swin 1.0e-4, ViTAE 2.7e-4). In float64 both frameworks agree on the same gradients to "
+        "in eval mode), 3.8e-3 on Swin-T (there torch fp32 is the less accurate one: Paddle fp32 1.5e-3) and "
+        "2.2e-4 on ViTAEv2-S. Paddle fp32 lies as close to torch fp64 as torch fp32 does (R50 1.65e-2, Swin "
+        "1.5e-3, ViTAE 2.9e-4). In float64 both frameworks agree on the same gradients to "
         "<= 3e-8 of the max (grad64_* keys, strict 1e-4), so the backward port is exact; the fp32 keys grad_rel_* "
         "(gradient / the reference's max, measured <= 1.65e-2 with Paddle's im2col convolution, <= 3.8e-3 with the "
         "oneDNN one of paddle_rs/ops/conv.py) and the gradient norms are bounded here", 5e-2,
@@ -76,12 +76,12 @@ KNOWN = {d.id: d for d in [
         "D12", "UperNet training in fp32: gradient norms and updated parameters carry the fp32 gradient noise (D11)",
         "10 steps of the real recipes (align/04_backward.py: batch 8 as configured, schedule compressed to the "
         "run, from the conditioned weights settled by 20 recipe steps). The losses agree to the issue's 1e-5 "
-        "(Paddle fp32 vs torch fp32: 1.2e-6 / 7.4e-7 / 9.5e-6 relative for R50 / Swin-T / ViTAEv2-S; the reference "
-        "vs itself, torch fp32 vs torch fp64: 4.2e-7 / 1.1e-6 / 8.7e-6), and in float64 every check agrees "
-        "(loss <= 1.4e-10 rel, parameters <= 3.5e-8). The fp32 gradient norm per step differs by 2.0e-3 / 6.2e-5 / "
-        "2.6e-3 relative (Swin-T within the strict 1e-4) and the parameters after 10 steps by 2.3e-5 / 1.07e-4 / "
-        "1.18e-4 max abs (mean 1.4e-8 / 4.3e-7 / 1.2e-6): the size of the reference's own fp32-vs-fp64 gaps "
-        "(1.2e-3 / 2.7e-4 / 2.0e-3 in the gradient norm, 2.5e-5 / 1.07e-4 / 1.07e-4 in the parameters). The fp32 "
+        "(Paddle fp32 vs torch fp32: 1.2e-6 / 1.7e-6 / 8.8e-6 relative for R50 / Swin-T / ViTAEv2-S; the reference "
+        "vs itself, torch fp32 vs torch fp64: 4.2e-7 / 1.1e-6 / 8.7e-6; ViTAE's margin: D14), and in float64 every "
+        "check agrees (loss <= 1.4e-10 rel, parameters <= 3.5e-8). The fp32 gradient norm per step differs by "
+        "2.0e-3 / 1.1e-4 / 6.3e-3 relative and the parameters after 10 steps by 2.3e-5 / 7.9e-5 / 1.34e-4 max abs "
+        "(mean 1.4e-8 / 4.4e-7 / 1.3e-6): the size of the reference's own fp32-vs-fp64 gaps (1.2e-3 / 2.7e-4 / "
+        "2.0e-3 in the gradient norm, 2.5e-5 / 1.07e-4 / 1.07e-4 in the parameters). The fp32 "
         "gradients are noisy in the reference "
         "itself (D11: ReLU gates, max-pool routes and BN cancellations decided by rounding), SGD lr 0.01 turns that "
         "into parameter noise, and AdamW's normalised step moves parameters with small gradients by ~lr whatever "
@@ -96,4 +96,19 @@ KNOWN = {d.id: d for d in [
         "while every other probe parameter agrees to <= 1.2e-7; the bound is the largest possible gap, "
         "2 x the sum of the LRs. (SGD leaves such a parameter at lr x noise: no visible gap.) The same mechanism "
         "moves ViTAE's PCM conv biases in the full model by up to 5.6e-5 (train_params_zero_grad_biases)", 4e-4),
+    KnownDivergence(
+        "D14", "ViTAEv2-S fp32 training loss: the 1e-5 check is below the reference's own reproducibility",
+        "the 10-step fp32 loss of align/04_backward.py depends on rounding at the ~1e-5 level in the reference "
+        "itself: the PCM weight gradients pass train-mode BatchNorm cancellations that amplify ULP-level "
+        "differences ~1e4-fold (D11; their fp32 error against fp64 is ~1e-3 relative in torch), and AdamW turns "
+        "that into the loss. Measured with align/reference_spread.py (torch fp32, the same weights, batch and "
+        "recipe): 2 threads vs 1 thread 1.24e-5, vs 3 threads 7.1e-6, with vs without oneDNN convolutions "
+        "2.07e-5, fp32 vs fp64 8.7e-6. Paddle fp32 vs torch fp32 lands anywhere in that range with any change of "
+        "rounding: 9.5e-6 with Paddle's own softmax / GELU / SiLU / LayerNorm kernels, 1.22e-5 with the oneDNN "
+        "ones of paddle_rs/ops/act.py, 8.8e-6 (a strict pass) once rs_linear also sums the bias gradients as "
+        "torch does (swapping Paddle's GELU alone for oneDNN's, which is bit-identical to torch's, moves the "
+        "step-0 gradient from 4.9e-5 to 5.2e-4 of its norm away from fp64). In float64 the 10 steps agree to "
+        "1.2e-10. The check stays at 1e-5 and is reported KNOWN(D14) only between 1e-5 and the reference's "
+        "largest measured spread against itself", 0.0,
+        per_key=(("train_loss_per_step", 2.1e-5, "rel"),)),
 ]}

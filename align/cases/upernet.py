@@ -574,7 +574,10 @@ class UperNetCase(ParityCase):
         r = train_pair(tm, pm, recipe, x, y, self.steps)
         t, p = r["t"], r["p"]
         log.add("train_lr_per_step", t["lr"], p["lr"], LR)
-        log.add("train_loss_per_step", t["loss"], p["loss"], STEP_LOSS)
+        # ViTAEv2-S: the reference's own fp32 loss moves by up to 2.1e-5 with the thread count or convolution
+        # backend (D14, align/reference_spread.py); R50 and Swin-T stay strict
+        log.add("train_loss_per_step", t["loss"], p["loss"], STEP_LOSS,
+                known="D14" if self.name == "upernet_vitaev2_s" else None)
         # the fp32 gradients carry the reference's own rounding noise (D11), and so do their norm and the
         # parameters they move (D12: the same size as torch fp32 vs torch fp64, printed below)
         log.add("train_grad_norm_per_step", t["grad_norm"], p["grad_norm"], GRAD_NORM, known="D12")

@@ -5,9 +5,9 @@ Why: Paddle 3.3.1's dygraph ``linear`` on CPU is a ``matmul`` followed by a sepa
 bias, which allocates and streams the whole output a second time; and the bias gradient of both ``linear`` and
 ``addmm`` is a column reduction that Paddle's CPU kernel runs row after row, slowly and with an error growing with
 the number of rows. Measured on 2 threads (Sapphire Rapids, fp32), ``[16384, 96] -> 384`` (Swin-T stage 1 ``fc1``
-at 512x512): forward 30.1 -> 13.5 ms with ``addmm`` (as torch's ``nn.Linear``), forward + backward 110 -> 87 ms
-with ``addmm``, and -> TBD ms with ``rs_linear``; the bias gradient's largest error against float64 there:
-Paddle 1.1e-3, ``rs_linear`` and torch 6.1e-5 (the same bits: it sums the rows in torch's cascade order).
+at 512x512): forward 30.1 -> 13.5 ms with ``addmm`` (as torch's ``nn.Linear``); forward + backward, in one
+interleaved run: ``addmm`` 130, ``rs_linear`` 68, torch 66 ms; the bias gradient's largest error against float64
+there: Paddle 1.1e-3, ``rs_linear`` and torch 6.1e-5 (the same bits: it sums the rows in torch's cascade order).
 
 :func:`linear` has ``paddle.nn.functional.linear``'s signature (``weight [in, out]``) and :class:`Linear` is
 ``nn.Linear`` with the same constructor, parameters and state_dict keys. Paths, in dygraph, fp32, CPU, with a
