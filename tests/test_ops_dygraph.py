@@ -62,6 +62,17 @@ def test_static_graph_keeps_plain_ops(tmp_path):
 
     program = _saved_program(Add(), [paddle.static.InputSpec([None, 3], "float32")], tmp_path / "add")
     assert "expand" not in program and "add" in program
+    # exports for predictors without oneDNN (set_static_ops("custom")): expand, then add, with a dynamic batch
+    from paddle_rs.ops._dygraph_ext import dygraph_ext, set_static_ops
+    if dygraph_ext() is not None:
+        prev = set_static_ops("custom")
+        try:
+            program = _saved_program(Add(), [paddle.static.InputSpec([None, 3], "float32")], tmp_path / "add2")
+        finally:
+            set_static_ops(prev)
+        assert "expand" in program
+        x = paddle.randn([4, 3])
+        np.testing.assert_array_equal(paddle.jit.load(str(tmp_path / "add2"))(x).numpy(), (x + 1).numpy())
 
 
 @pytest.mark.parametrize("xs,ys", [((4, 3, 5, 5), (1, 3, 5, 5)), ((2, 6, 3, 5, 5), (1, 6, 1, 5, 5)),

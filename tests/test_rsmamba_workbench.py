@@ -525,28 +525,21 @@ def test_export_scan_loop_and_fused_op_registration(tmp_path, monkeypatch):
     monkeypatch.setitem(ss._EXT_STATE, "module", None)          # as on a machine without a compiler
     with pytest.raises(RuntimeError, match="--scan loop"):
         Predictor(fused, cpu_threads=1)
-    from paddle_rs.ops import conv
-    if conv.onednn_ext() is None:
-        return
-    onednn = export(net, tmp_path / "conv", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
-                    conv="onednn", ops="plain")
-    assert read_model_yml(onednn)["_Attributes"]["custom_ops"] == ["rs_conv2d_fwd"]
-    _, score = Predictor(onednn, cpu_threads=1).run_batch(x)
-    assert np.abs(score - ref).max() < 1e-4
-    monkeypatch.setitem(conv._EXT_STATE, "module", None)
-    with pytest.raises(RuntimeError, match="--conv plain"):
-        Predictor(onednn, cpu_threads=1)
-    from paddle_rs.ops import _dygraph_ext
-    if _dygraph_ext.dygraph_ext() is None:
-        return
-    custom = export(net, tmp_path / "ops", input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
-                    conv="plain", ops="custom")
-    assert read_model_yml(custom)["_Attributes"]["custom_ops"] == ["rs_layer_norm"]
-    _, score = Predictor(custom, cpu_threads=1).run_batch(x)
-    assert np.abs(score - ref).max() < 1e-4
-    monkeypatch.setitem(_dygraph_ext._EXT_STATE, "module", None)
-    with pytest.raises(RuntimeError, match="--ops plain"):
-        Predictor(custom, cpu_threads=1)
+    from paddle_rs.ops import _dygraph_ext, conv
+    # each other custom op alone in the graph: equal scores, and a clear error where its extension cannot be built
+    for name, kwargs, ext, loader, op, flag in (
+            ("conv", dict(conv="onednn", ops="plain"), conv, conv.onednn_ext, "rs_conv2d_fwd", "--conv"),
+            ("ops", dict(conv="plain", ops="custom"), _dygraph_ext, _dygraph_ext.dygraph_ext, "rs_layer_norm", "--ops")):
+        if loader() is None:
+            continue
+        out = export(net, tmp_path / name, input_shape=[-1, 3, IMG, IMG], model_info={"task": "cls"}, scan="loop",
+                     **kwargs)
+        assert read_model_yml(out)["_Attributes"]["custom_ops"] == [op]
+        _, score = Predictor(out, cpu_threads=1).run_batch(x)
+        assert np.abs(score - ref).max() < 1e-4
+        monkeypatch.setitem(ext._EXT_STATE, "module", None)
+        with pytest.raises(RuntimeError, match=f"{flag} plain"):
+            Predictor(out, cpu_threads=1)
 
 
 @pytest.mark.slow

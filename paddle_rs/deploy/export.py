@@ -362,18 +362,25 @@ def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
     and activation. ``onednn`` fails when the extension is unavailable; ``plain`` gives a graph without custom
     convolutions.
     """
-    if conv not in ("auto", "onednn", "plain"):
-        raise ValueError(f"conv must be 'auto', 'onednn' or 'plain', got {conv!r}")
-    if not _has_onednn_convs(model):
-        return None
-    if conv == "plain" or (conv == "auto" and getattr(model, "onednn_inference", False)):
-        return "plain"
     from paddle_rs.ops.conv import onednn_ext
-    if onednn_ext() is not None:
-        return "onednn"
-    if conv == "onednn":
-        raise RuntimeError("conv='onednn' requested but the oneDNN conv2d extension cannot be built here (see the "
-                           "warning above: it needs g++ and oneDNN 3.x headers); export with conv='plain' instead")
+    return _custom_or_plain(model, "conv", conv, "onednn", _has_onednn_convs, onednn_ext, "the oneDNN conv2d")
+
+
+def _custom_or_plain(model, arg, choice, custom, has_layers, loader, what):
+    """The rule :func:`resolve_conv_backend` and :func:`resolve_ops_backend` share: ``None`` without the layers;
+    ``plain`` when asked for, or on ``auto`` when the predictor runs with oneDNN; ``custom`` when the extension
+    (``loader()``) builds here; an error when ``custom`` was asked for and it does not."""
+    if choice not in ("auto", custom, "plain"):
+        raise ValueError(f"{arg} must be 'auto', '{custom}' or 'plain', got {choice!r}")
+    if not has_layers(model):
+        return None
+    if choice == "plain" or (choice == "auto" and getattr(model, "onednn_inference", False)):
+        return "plain"
+    if loader() is not None:
+        return custom
+    if choice == custom:
+        raise RuntimeError(f"{arg}='{custom}' requested but {what} extension cannot be built here (see the warning "
+                           f"above: it needs g++ and oneDNN 3.x headers); export with {arg}='plain' instead")
     return "plain"
 
 
@@ -393,19 +400,8 @@ def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
     dygraph) and the extension builds here; otherwise Paddle's ops (``plain``). ``custom`` fails when the
     extension is unavailable; ``plain`` gives a graph without them.
     """
-    if ops not in ("auto", "custom", "plain"):
-        raise ValueError(f"ops must be 'auto', 'custom' or 'plain', got {ops!r}")
-    if not _has_dygraph_ops(model):
-        return None
-    if ops == "plain" or (ops == "auto" and getattr(model, "onednn_inference", False)):
-        return "plain"
     from paddle_rs.ops._dygraph_ext import dygraph_ext
-    if dygraph_ext() is not None:
-        return "custom"
-    if ops == "custom":
-        raise RuntimeError("ops='custom' requested but the dygraph-ops extension cannot be built here (see the "
-                           "warning above: it needs g++ and oneDNN 3.x headers); export with ops='plain' instead")
-    return "plain"
+    return _custom_or_plain(model, "ops", ops, "custom", _has_dygraph_ops, dygraph_ext, "the dygraph-ops")
 
 
 def _onednn_ready(model: nn.Layer, program_dir) -> bool:

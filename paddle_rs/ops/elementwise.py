@@ -19,13 +19,11 @@ from ._mode import dygraph_cpu_fp32
 __all__ = ["broadcast_add"]
 
 
-@paddle.jit.not_to_static
-def _expand_first(x, y):
-    return dygraph_cpu_fp32(x, y) if paddle.in_dynamic_mode() else static_custom()
-
-
 def broadcast_add(x, y):
     """``x + y`` where ``y`` broadcasts to ``x``'s shape (same rank, or fewer leading dimensions)."""
-    if _expand_first(x, y) and y.shape != x.shape:
-        y = y.expand(x.shape)
+    if paddle.in_dynamic_mode():
+        if dygraph_cpu_fp32(x, y) and y.shape != x.shape:
+            y = y.expand(x.shape)
+    elif static_custom():   # x's shape as a tensor: a dynamic batch is not known while the graph is built
+        y = y.expand(paddle.shape(x))
     return x + y
