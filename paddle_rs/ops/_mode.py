@@ -1,8 +1,10 @@
-"""Execution-mode predicates shared by the dygraph fast paths of :mod:`paddle_rs.ops` (conv, linear).
+"""Execution-mode predicates shared by the dygraph fast paths of :mod:`paddle_rs.ops` (conv, linear, act,
+elementwise, resize).
 
 A fast path replaces a Paddle op by a faster formulation *in dygraph on CPU in fp32 only*; everything else
-(static graphs and so every export, GPU, other dtypes, AMP) keeps the ordinary op, so exported programs and
-non-CPU runs are unaffected.
+(static graphs, GPU, other dtypes, AMP) keeps the ordinary op, so non-CPU runs are unaffected and exports are too,
+unless an export asks for paddle_rs's custom ops explicitly (``set_static_conv`` / ``set_static_ops``, chosen by
+:func:`paddle_rs.deploy.export.export` for predictors that run without oneDNN).
 """
 import paddle
 
