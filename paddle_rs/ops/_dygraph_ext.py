@@ -87,5 +87,5 @@ def use_ext(x, *params):
     CPU in fp32 (:func:`~paddle_rs.ops._mode.dygraph_cpu_fp32`) for a non-empty ``x``; in a static graph when
     :func:`set_static_ops` chose ``"custom"`` and the tensors are fp32."""
     if not paddle.in_dynamic_mode():
-        return _STATIC.custom_on and all(t is None or t.dtype == paddle.float32 for t in (x,) + params)
+        return static_custom() and all(t is None or t.dtype == paddle.float32 for t in (x,) + params)
     return dygraph_cpu_fp32(x, *params) and x.size > 0 and dygraph_ext() is not None

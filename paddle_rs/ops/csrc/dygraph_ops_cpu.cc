@@ -209,8 +209,8 @@ std::vector<paddle::Tensor> SoftmaxBackward(const paddle::Tensor& out_in, const 
 
 std::vector<paddle::Tensor> EltwiseForward(const paddle::Tensor& x_in, int alg) {
   const auto x = checked(x_in, "rs_eltwise");
-  const auto e = get_entry({kEltwise, x.numel(), 1, alg, 0});
   PD_CHECK(x.numel() > 0, "rs_eltwise: empty tensor");
+  const auto e = get_entry({kEltwise, x.numel(), 1, alg, 0});
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   run(e->fwd, e->fwd_pd, {{DNNL_ARG_SRC, wrap(e->md, x.data<float>())}, {DNNL_ARG_DST, wrap(e->md, out.data<float>())}},
       x.place());
