@@ -50,14 +50,20 @@ def test_softmax_matches_paddle_and_torch(shape):
     np.testing.assert_allclose(got[0], torch.softmax(tx, -1).numpy(), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["gelu", "silu"])
+@pytest.mark.parametrize("name", ["gelu", "silu", "relu"])
 def test_eltwise_matches_paddle_and_torch(name):
     rng = np.random.default_rng(1)
-    x = paddle.to_tensor(4 * rng.standard_normal((2, 8, 9, 11)).astype("float32"))
+    a = 4 * rng.standard_normal((2, 8, 9, 11)).astype("float32")
+    a[0, 0, 0, :3] = 0.0                                  # ReLU at exactly 0: zero gradient in all three
+    x = paddle.to_tensor(a)
     gy = paddle.to_tensor(rng.standard_normal((2, 8, 9, 11)).astype("float32"))
     ours, ref, tref = {"gelu": (act.gelu, F.gelu, torch.nn.functional.gelu),
-                       "silu": (act.silu, F.silu, torch.nn.functional.silu)}[name]
+                       "silu": (act.silu, F.silu, torch.nn.functional.silu),
+                       "relu": (act.relu, F.relu, torch.nn.functional.relu)}[name]
     got, want = _run(ours, [x], gy), _run(ref, [x], gy)
+    if name == "relu":                                     # exact, forward and backward
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6)
     tx = torch.from_numpy(x.numpy()).requires_grad_()
@@ -97,6 +103,7 @@ def test_modules_keep_paddle_parameters_and_attributes():
     np.testing.assert_allclose(act.GELU()(x).numpy(), nn.GELU()(x).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(act.GELU(approximate=True)(x).numpy(), nn.GELU(approximate=True)(x).numpy())
     np.testing.assert_allclose(act.Silu()(x).numpy(), nn.Silu()(x).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(act.ReLU()(x).numpy(), nn.ReLU()(x).numpy())
 
 
 def _torch_layer_norm_grads(x, w, b, gy, eps):
@@ -150,6 +157,7 @@ def test_fast_path_taken_and_fallbacks(monkeypatch):
     assert _is_custom_op(monkeypatch, act.softmax, x)
     assert _is_custom_op(monkeypatch, act.gelu, x)
     assert _is_custom_op(monkeypatch, act.silu, x)
+    assert _is_custom_op(monkeypatch, act.relu, x)
     assert _is_custom_op(monkeypatch, act.layer_norm, x, 4, paddle.ones([4]), paddle.zeros([4]))
     # other axes, the tanh GELU, several normalised axes, no affine parameters, float64: the Paddle op
     assert not _is_custom_op(monkeypatch, act.softmax, x, 1)
@@ -180,3 +188,36 @@ def test_static_graph_keeps_plain_ops(tmp_path):
     program = open(path + ".json").read()
     assert "rs_" not in program and "softmax" in program and "layer_norm" in program
     np.testing.assert_allclose(paddle.jit.load(path)(x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_eval_path_and_fallbacks(monkeypatch):
+    """BatchNorm2D: torch's eval result (x * w / sqrt(var + eps) + b - mean * ...) on the oneDNN op for no-grad eval on
+    maps of >= 64x64; Paddle's batch_norm in training mode, when a gradient is needed and on small maps; the same
+    parameters, statistics and state_dict as nn.BatchNorm2D."""
+    rng = np.random.default_rng(5)
+    ours, ref = act.BatchNorm2D(8, momentum=0.9, epsilon=1e-5), nn.BatchNorm2D(8, momentum=0.9, epsilon=1e-5)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for name, value in (("_mean", rng.standard_normal(8)), ("_variance", rng.random(8) + 0.1),
+                        ("weight", rng.standard_normal(8)), ("bias", rng.standard_normal(8))):
+        for m in (ours, ref):
+            getattr(m, name).set_value(value.astype("float32"))
+    tb = torch.nn.BatchNorm2d(8, eps=1e-5).eval()
+    tb.load_state_dict({"weight": torch.from_numpy(ours.weight.numpy()), "bias": torch.from_numpy(ours.bias.numpy()),
+                        "running_mean": torch.from_numpy(ours._mean.numpy()),
+                        "running_var": torch.from_numpy(ours._variance.numpy()),
+                        "num_batches_tracked": torch.tensor(0)})
+    ours.eval(), ref.eval()
+    big, small = (paddle.to_tensor(rng.standard_normal(s).astype("float32")) for s in ((2, 8, 64, 64), (2, 8, 8, 8)))
+    with paddle.no_grad():
+        assert _is_custom_op(monkeypatch, ours, big)
+        assert not _is_custom_op(monkeypatch, ours, small)
+        got = ours(big).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, tb(torch.from_numpy(big.numpy())).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, ref(big).numpy(), rtol=1e-5, atol=1e-5)
+    assert not _is_custom_op(monkeypatch, ours, big)            # grad enabled, parameters require one: Paddle's op
+    ours.train(), ref.train()
+    assert not _is_custom_op(monkeypatch, ours, big)            # training mode: batch statistics, running update
+    ref(big)                                                    # the same one update on the reference
+    np.testing.assert_allclose(ours._mean.numpy(), ref._mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours._variance.numpy(), ref._variance.numpy(), rtol=1e-6)

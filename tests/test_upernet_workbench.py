@@ -551,8 +551,8 @@ def test_export_and_paddle_inference(name, tmp_path):
         assert attrs["onednn"] is (name == "upernet_r50")
         # without oneDNN in the predictor, the 3x3 convolutions go into the graph as the oneDNN custom op
         assert attrs["conv_backend"] == ("onednn" if custom else "plain")
-        # ... and so do softmax / GELU / LayerNorm / Linear (paddle_rs.ops.act, .linear), Swin / ViTAE
-        ops = ["rs_softmax", "rs_eltwise", "rs_layer_norm", "rs_linear"] if custom_ops else []
+        # ... and so do softmax / GELU / LayerNorm / Linear / transposes (paddle_rs.ops.act, .linear, .layout)
+        ops = ["rs_softmax", "rs_eltwise", "rs_layer_norm", "rs_linear", "rs_permute"] if custom_ops else []
         assert attrs.get("ops_backend") == (None if name == "upernet_r50" else "custom" if custom_ops else "plain")
         assert attrs["custom_ops"] == (["rs_conv2d_fwd"] if custom else []) + ops
         program = open(out / "model.json").read()

@@ -3,16 +3,18 @@
 Mirror of ``torch_ref/models/backbones/resnet.py``; parameter names are equal up
 to BatchNorm statistics (``_mean``/``_variance``). BatchNorm uses Paddle momentum
 0.9 (= torch 0.1) and epsilon 1e-5. Used by FactSeg and RSP UperNet-R50.
-Convolutions are ``paddle_rs.ops.conv.Conv2D`` (oneDNN in dygraph on CPU; same parameters as ``nn.Conv2D``).
+Convolutions are ``paddle_rs.ops.conv.Conv2D`` (oneDNN in dygraph on CPU; same parameters as ``nn.Conv2D``), ReLU
+and eval-mode BatchNorm are ``paddle_rs.ops.act.ReLU`` / ``BatchNorm2D`` (oneDNN in dygraph on CPU).
 """
 import paddle.nn as nn
 
+from ...ops.act import BatchNorm2D as _BatchNorm2D, ReLU
 from ...ops.conv import Conv2D
 from .. import init
 
 
 def BatchNorm2D(c):
-    return nn.BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
+    return _BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
 
 
 class Bottleneck(nn.Layer):
@@ -26,7 +28,7 @@ class Bottleneck(nn.Layer):
         self.bn2 = BatchNorm2D(planes)
         self.conv3 = Conv2D(planes, planes * 4, 1, bias_attr=False)
         self.bn3 = BatchNorm2D(planes * 4)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
 
     def forward(self, x):
@@ -46,7 +48,7 @@ class ResNet(nn.Layer):
         self.inplanes = 64
         self.conv1 = Conv2D(in_channels, 64, 7, stride=2, padding=3, bias_attr=False)
         self.bn1 = BatchNorm2D(64)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.maxpool = nn.MaxPool2D(3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, layers[0])
         self.layer2 = self._make_layer(128, layers[1], stride=2)

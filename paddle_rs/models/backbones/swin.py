@@ -5,7 +5,8 @@ Spec: rsp_upernet.md §3.2; porting rules: porting.md.
 
 Differences to the reference (layout and speed only; results equal up to fp32 rounding):
 * ``nn.Linear`` weights are [in, out] (the converter transposes them);
-* transposes go through :func:`permute` (dense in dygraph: Paddle's strided-view copies are slow on CPU);
+* transposes go through :func:`paddle_rs.ops.layout.permute` (dense in dygraph: Paddle's strided-view copies and
+  its one-thread transpose kernel are slow on CPU);
 * in dygraph on CPU, Linear layers add their bias inside the GEMM (:mod:`paddle_rs.ops.linear`), the attention
   bias / mask are added as equal shapes (:mod:`paddle_rs.ops.elementwise`) and softmax, GELU and LayerNorm run
   on oneDNN (:mod:`paddle_rs.ops.act`): Paddle's separate bias pass, its broadcast kernel and its CPU softmax /
@@ -27,6 +28,7 @@ import paddle.nn.functional as F
 from ...ops.act import GELU, LayerNorm, softmax
 from ...ops.conv import Conv2D
 from ...ops.elementwise import broadcast_add
+from ...ops.layout import permute
 from ...ops.linear import Linear
 from .. import init
 
@@ -55,17 +57,6 @@ class DropPath(nn.Layer):
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob}"
-
-
-def permute(x, perm):
-    """Materialised transpose. In Paddle 3.3 dygraph ``transpose`` returns a strided view, and copying such a
-    view later (reshape / elementwise ops) is 10-50x slower on CPU than a dense transpose (measured: 6-D window
-    partition at 133x133x96 38 ms vs 2.4 ms). ``einsum`` runs the dense transpose kernel. Static graphs
-    (``to_static`` / export) use the plain ``transpose`` op. Pure data movement: results are bit-identical."""
-    if paddle.in_dynamic_mode():
-        src = "abcdefgh"[:x.ndim]
-        return paddle.einsum(f"{src}->{''.join(src[i] for i in perm)}", x)
-    return paddle.transpose(x, perm)
 
 
 def crop_hw(x, H, W):

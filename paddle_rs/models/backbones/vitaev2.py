@@ -5,8 +5,8 @@ Spec: rsp_upernet.md §3.3 (normative, incl. quirks Q1-Q9, all reproduced; see t
 
 Layout differences to the reference: ``nn.Linear`` weights are [in, out]; ``relative_position_index`` is
 rebuilt as a non-persistable buffer; BatchNorm momentum 0.9 / epsilon 1e-5; LayerNorm epsilon explicit
-(1e-5 in RCs, 1e-6 in NCs); GELU exact; transposes go through ``swin.permute`` (dense in dygraph, for speed);
-in dygraph on CPU, softmax, GELU, SiLU and LayerNorm run on oneDNN (:mod:`paddle_rs.ops.act`, for speed).
+(1e-5 in RCs, 1e-6 in NCs); GELU exact; transposes go through ``ops.layout.permute`` (dense in dygraph, for speed);
+in dygraph on CPU, softmax, GELU, SiLU, LayerNorm and eval-mode BatchNorm run on oneDNN (:mod:`paddle_rs.ops.act`, for speed).
 
 Forward contract: ``forward(x[B,3,S,S]) -> [f0..f3]``, ``f_i``: ``[B, token_dims[i], S/4/2**i, S/4/2**i]``.
 Export: all sizes are Python ints derived from the static input H/W (fixed-shape ``to_static``).
@@ -18,12 +18,13 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...ops.act import GELU, Silu, softmax
+from ...ops.act import GELU, BatchNorm2D, Silu, softmax
 from ...ops.conv import Conv2D
 from ...ops.elementwise import broadcast_add
+from ...ops.layout import permute
 from .. import init
-from .swin import (Mlp, crop_hw, layer_norm, linear, make_drop_path, permute, relative_position_index,
-                   window_partition, window_reverse)
+from .swin import (Mlp, crop_hw, layer_norm, linear, make_drop_path, relative_position_index, window_partition,
+                   window_reverse)
 
 __all__ = ["PRM", "WindowAttention", "Attention", "TokenAttention", "SwinRCAttn", "TokenTransformer",
            "ReductionCell", "NormalCell", "BasicLayer", "ViTAEv2", "vitaev2_s"]
@@ -36,7 +37,7 @@ def _conv(cin, cout, k, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _bn(c):
-    return nn.BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
+    return BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
 
 
 def _window_pad(x, ws):

@@ -9,6 +9,7 @@ import math
 import paddle
 import paddle.nn as nn
 
+from ...ops.act import BatchNorm2D, ReLU
 from ...ops.conv import Conv2D
 from ...ops.resize import interpolate
 from .. import init
@@ -36,8 +37,8 @@ class AsymmetricDecoder(nn.Layer):
                 init.torch_default_(conv)
                 layers.append(nn.Sequential(
                     conv,
-                    nn.BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5),
-                    nn.ReLU(),
+                    BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5),
+                    ReLU(),
                     UpsampleBilinear2x() if num_upsample != 0 else nn.Identity()))
             self.blocks.append(nn.Sequential(*layers))
 

@@ -2,13 +2,15 @@
 
 Mirror of ``torch_ref/models/heads/uper_head.py`` (same classes and parameter names; BN statistics are
 ``_mean``/``_variance``). Spec: rsp_upernet.md §4.1. Not PaddleSeg's ``UPerNetHead`` (not equivalent, §11).
-Convolutions are ``paddle_rs.ops.conv.Conv2D`` (oneDNN in dygraph on CPU; same parameters as ``nn.Conv2D``).
+Convolutions are ``paddle_rs.ops.conv.Conv2D`` (oneDNN in dygraph on CPU; same parameters as ``nn.Conv2D``), ReLU
+and eval-mode BatchNorm ``paddle_rs.ops.act.ReLU`` / ``BatchNorm2D`` (oneDNN in dygraph on CPU).
 BN momentum 0.9 / epsilon 1e-5; bilinear resizes with align_corners=False (default align_mode 0 = torch).
 Forward: ``forward([x0..x3]) -> logits [B, num_classes, H0, W0]`` (level-0 resolution).
 """
 import paddle
 import paddle.nn as nn
 
+from ...ops.act import BatchNorm2D, ReLU
 from ...ops.conv import Conv2D
 from ...ops.resize import interpolate
 from .. import init
@@ -28,8 +30,8 @@ class ConvModule(nn.Layer):
         super().__init__()
         self.conv = Conv2D(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
                            bias_attr=False)
-        self.bn = nn.BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5)
-        self.activate = nn.ReLU()
+        self.bn = BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5)
+        self.activate = ReLU()
         init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):

@@ -1,25 +1,31 @@
 // Dygraph CPU (fp32) operators for Paddle whose own kernels are slow there: softmax, GELU / SiLU and LayerNorm on
-// oneDNN, and a fully connected layer on Paddle's own GEMM with a fast bias gradient. Each is a custom operator
+// oneDNN, a fully connected layer on Paddle's own GEMM with a fast bias gradient, and a dense transpose on a
+// oneDNN reorder. Each is a custom operator
 // with its gradient operator registered here, so Paddle's autograd engine runs the backward (paddle.grad with
 // respect to any subset of the inputs works, unlike with a PyLayer). Used through paddle_rs.ops.act and
 // paddle_rs.ops.linear, which explain why they exist.
 //
 //   rs_softmax(x [..., C]) -> out                       softmax over the last axis (oneDNN softmax_accurate)
 //     grad: (out, out@GRAD) -> x@GRAD
-//   rs_eltwise(x; alg) -> out                           alg 0: GELU (erf), 1: SiLU (x * sigmoid(x))
+//   rs_eltwise(x; alg) -> out                           alg 0: GELU (erf), 1: SiLU (x * sigmoid(x)), 2: ReLU
 //     grad: (x, out@GRAD) -> x@GRAD
 //   rs_layer_norm(x [..., C], weight [C], bias [C]; epsilon) -> y, mean [rows], variance [rows]
 //     grad: (x, weight, bias, mean, variance, y@GRAD) -> x@GRAD, weight@GRAD, bias@GRAD (oneDNN counts the
 //     shift among the backward's inputs, although the gradients do not depend on it)
 //   rs_linear(x [..., K], weight [K, N], bias [N]) -> y [..., N]     y = bias + x @ weight (Paddle's addmm)
 //     grad: (x, weight, y@GRAD) -> x@GRAD (GEMM), weight@GRAD (GEMM), bias@GRAD (column_sum below)
+//   rs_batch_norm_infer(x [N, C, ...], mean, variance, weight, bias [C]; epsilon) -> y = x * alpha + beta per
+//     channel (torch's alpha, beta; a oneDNN binary op); no gradient op: used only where none is needed
+//   rs_permute(x; perm) -> out = transpose(x, perm), dense      (oneDNN reorder from a strided view of x)
+//     grad: (out@GRAD; perm) -> x@GRAD = transpose(out@GRAD, inverse(perm))
 //
 // A backward computes every input's gradient, needed or not (a custom kernel is not told which are). Every
 // tensor is viewed as plain row-major ([rows, C] or flat); inputs are made contiguous first, so no layout
-// reorders are involved. Primitive descriptors and primitives are cached per (op, shape, algorithm, epsilon)
-// in a map guarded by a mutex (dropped when full). Engine, memory wrapping, threads and the header / library
+// reorders are involved (rs_permute aside, which is one). Primitive descriptors and primitives are cached per
+// (op, shape, algorithm, epsilon), reorders per (dims, strides), in maps guarded by a mutex (dropped when full). Engine, memory wrapping, threads and the header / library
 // version rules: onednn_common.h.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -34,10 +40,10 @@ namespace {
 
 using namespace rs_onednn;  // NOLINT: memory, tag, dims, f32, cpu_engine, wrap, Workspace, scratchpad
 
-enum Op : int { kSoftmax = 0, kEltwise = 1, kLayerNorm = 2 };
+enum Op : int { kSoftmax = 0, kEltwise = 1, kLayerNorm = 2, kBatchNorm = 3 };
 
-// op, rows, cols, algorithm (eltwise), epsilon bits (layer norm)
-using Key = std::tuple<int, int64_t, int64_t, int, uint32_t>;
+// op, rows, cols, inner (batch norm: [N, C, inner]; 1 otherwise), algorithm (eltwise), epsilon bits (norms)
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int, uint32_t>;
 
 struct Entry {
   memory::desc md, stat_md, wb_md;
@@ -52,13 +58,14 @@ dnnl::primitive_attr user_scratchpad() {
 }
 
 dnnl::algorithm eltwise_alg(int alg) {
-  PD_CHECK(alg == 0 || alg == 1, "rs_eltwise: alg must be 0 (GELU, erf) or 1 (SiLU), got ", alg);
-  return alg == 0 ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_swish;
+  PD_CHECK(alg >= 0 && alg <= 2, "rs_eltwise: alg must be 0 (GELU, erf), 1 (SiLU) or 2 (ReLU), got ", alg);
+  return alg == 0 ? dnnl::algorithm::eltwise_gelu_erf
+                  : alg == 1 ? dnnl::algorithm::eltwise_swish : dnnl::algorithm::eltwise_relu;
 }
 
 std::shared_ptr<Entry> make_entry(const Key& k) {
   auto& eng = cpu_engine();
-  const auto [op, rows, cols, alg, eps_bits] = k;
+  const auto [op, rows, cols, inner, alg, eps_bits] = k;
   auto e = std::make_shared<Entry>();
   const auto attr = user_scratchpad();
   if (op == kSoftmax) {
@@ -73,7 +80,7 @@ std::shared_ptr<Entry> make_entry(const Key& k) {
     e->bwd_pd = bpd;
   } else if (op == kEltwise) {
     e->md = memory::desc({rows * cols}, f32, tag::a);
-    const float alpha = alg == 1 ? 1.f : 0.f;  // swish: x * sigmoid(alpha * x)
+    const float alpha = alg == 1 ? 1.f : 0.f;  // swish: x * sigmoid(alpha * x); relu: alpha * x for x <= 0
     auto fpd = dnnl::eltwise_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, eltwise_alg(alg),
                                                      e->md, e->md, alpha, 0.f, attr);
     auto bpd = dnnl::eltwise_backward::primitive_desc(eng, eltwise_alg(alg), e->md, e->md, e->md, alpha, 0.f, fpd,
@@ -82,6 +89,16 @@ std::shared_ptr<Entry> make_entry(const Key& k) {
     e->bwd = dnnl::eltwise_backward(bpd);
     e->fwd_pd = fpd;
     e->bwd_pd = bpd;
+  } else if (op == kBatchNorm) {   // y = x * alpha[c] + beta[c]: a binary multiply with a binary-add post-op
+    e->md = memory::desc({rows, cols, inner}, f32, tag::abc);
+    e->wb_md = memory::desc({1, cols, 1}, f32, tag::abc);
+    dnnl::post_ops po;
+    po.append_binary(dnnl::algorithm::binary_add, e->wb_md);
+    auto battr = user_scratchpad();
+    battr.set_post_ops(po);
+    auto fpd = dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_mul, e->md, e->wb_md, e->md, battr);
+    e->fwd = dnnl::binary(fpd);
+    e->fwd_pd = fpd;
   } else {
     float eps;
     std::memcpy(&eps, &eps_bits, sizeof(eps));
@@ -176,6 +193,94 @@ void column_sum(const float* g, int64_t M, int64_t N, float* out) {
   std::copy(a0, a0 + N, out);
 }
 
+// ---- rs_permute ----------------------------------------------------------------------------------------------
+// out = transpose(x, perm), dense. Paddle's transpose kernel (Eigen, one thread) and copies of its strided views
+// are slow on CPU; a oneDNN reorder (jit, on Paddle's threads) from x viewed with permuted strides into a dense
+// buffer runs at torch's copy speed or faster. Output axes that stay adjacent in x are merged and size-1 axes
+// dropped first, so the reorder sees as few dimensions as possible. A pure copy: the result is exact.
+
+using PermKey = std::pair<dims, dims>;  // merged output dims, their strides in x
+
+struct PermEntry {
+  memory::desc src, dst;
+  dnnl::reorder prim;
+};
+
+std::shared_ptr<PermEntry> get_reorder(const PermKey& k) {
+  static std::mutex mu;
+  static std::map<PermKey, std::shared_ptr<PermEntry>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(k);
+  if (it == cache.end()) {
+    if (cache.size() >= kMaxEntries) cache.clear();
+    auto e = std::make_shared<PermEntry>();
+    dims dense(k.first.size());
+    for (size_t i = dense.size(), n = 1; i-- > 0;) {
+      dense[i] = static_cast<int64_t>(n);
+      n *= k.first[i];
+    }
+    e->src = memory::desc(k.first, f32, k.second);
+    e->dst = memory::desc(k.first, f32, dense);
+    e->prim = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), e->src, cpu_engine(), e->dst));
+    it = cache.emplace(k, e).first;
+  }
+  return it->second;
+}
+
+// perm is an int vector: shape functions cannot take int64 vector attributes (Paddle reads them as input shapes)
+std::vector<int> checked_perm(const std::vector<int>& perm, size_t ndim, const char* op) {
+  PD_CHECK(perm.size() == ndim, op, ": perm has ", perm.size(), " entries for a tensor of rank ", ndim);
+  std::vector<bool> seen(ndim, false);
+  for (int p : perm) {
+    PD_CHECK(p >= 0 && p < static_cast<int>(ndim) && !seen[p], op, ": perm is not a permutation of 0..",
+             ndim - 1);
+    seen[p] = true;
+  }
+  return perm;
+}
+
+paddle::Tensor permute(const paddle::Tensor& x_in, const std::vector<int>& perm_in, const char* op) {
+  const auto x = checked(x_in, op);
+  const auto& shape = x.shape();
+  const auto perm = checked_perm(perm_in, shape.size(), op);
+  const size_t n = shape.size();
+  std::vector<int64_t> stride(n), out_shape(n);
+  for (size_t i = n, s = 1; i-- > 0;) {
+    stride[i] = static_cast<int64_t>(s);
+    s *= shape[i];
+  }
+  dims d, st;   // merged: output axis k joins the previous one when it follows it in x
+  for (size_t k = 0; k < n; ++k) {
+    out_shape[k] = shape[perm[k]];
+    const int64_t size = shape[perm[k]], str = stride[perm[k]];
+    if (size == 1) continue;
+    if (!d.empty() && st.back() == str * size) {
+      d.back() *= size;
+      st.back() = str;
+    } else {
+      d.push_back(size);
+      st.push_back(str);
+    }
+  }
+  auto out = paddle::empty(out_shape, paddle::DataType::FLOAT32, x.place());
+  if (x.numel() == 0) return out;
+  if (d.size() <= 1) {   // the order of the elements does not change
+    std::memcpy(out.data<float>(), x.data<float>(), x.numel() * sizeof(float));
+    return out;
+  }
+  const auto e = get_reorder({d, st});
+  dnnl::stream s(cpu_engine());
+  e->prim.execute(s, {{DNNL_ARG_FROM, wrap(e->src, x.data<float>())}, {DNNL_ARG_TO, wrap(e->dst, out.data<float>())}});
+  s.wait();
+  return out;
+}
+
+std::vector<int> inverse(const std::vector<int>& perm) {
+  std::vector<int> inv(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inv[perm[i]] = static_cast<int>(i);
+  return inv;
+}
+
 uint32_t float_bits(float v) {
   uint32_t b;
   std::memcpy(&b, &v, sizeof(b));
@@ -187,7 +292,7 @@ uint32_t float_bits(float v) {
 std::vector<paddle::Tensor> SoftmaxForward(const paddle::Tensor& x_in) {
   const auto x = checked(x_in, "rs_softmax");
   const auto [rows, cols] = rows_cols(x, "rs_softmax");
-  const auto e = get_entry({kSoftmax, rows, cols, 0, 0});
+  const auto e = get_entry({kSoftmax, rows, cols, 1, 0, 0});
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   run(e->fwd, e->fwd_pd, {{DNNL_ARG_SRC, wrap(e->md, x.data<float>())}, {DNNL_ARG_DST, wrap(e->md, out.data<float>())}},
       x.place());
@@ -198,7 +303,7 @@ std::vector<paddle::Tensor> SoftmaxBackward(const paddle::Tensor& out_in, const 
   const auto out = checked(out_in, "rs_softmax_grad"), gout = checked(gout_in, "rs_softmax_grad");
   PD_CHECK(out.shape() == gout.shape(), "rs_softmax_grad: out and its gradient differ in shape");
   const auto [rows, cols] = rows_cols(out, "rs_softmax_grad");
-  const auto e = get_entry({kSoftmax, rows, cols, 0, 0});
+  const auto e = get_entry({kSoftmax, rows, cols, 1, 0, 0});
   auto gx = paddle::empty(out.shape(), paddle::DataType::FLOAT32, out.place());
   run(e->bwd, e->bwd_pd,
       {{DNNL_ARG_DST, wrap(e->md, out.data<float>())}, {DNNL_ARG_DIFF_DST, wrap(e->md, gout.data<float>())},
@@ -210,7 +315,7 @@ std::vector<paddle::Tensor> SoftmaxBackward(const paddle::Tensor& out_in, const 
 std::vector<paddle::Tensor> EltwiseForward(const paddle::Tensor& x_in, int alg) {
   const auto x = checked(x_in, "rs_eltwise");
   PD_CHECK(x.numel() > 0, "rs_eltwise: empty tensor");
-  const auto e = get_entry({kEltwise, x.numel(), 1, alg, 0});
+  const auto e = get_entry({kEltwise, x.numel(), 1, 1, alg, 0});
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   run(e->fwd, e->fwd_pd, {{DNNL_ARG_SRC, wrap(e->md, x.data<float>())}, {DNNL_ARG_DST, wrap(e->md, out.data<float>())}},
       x.place());
@@ -220,7 +325,7 @@ std::vector<paddle::Tensor> EltwiseForward(const paddle::Tensor& x_in, int alg) 
 std::vector<paddle::Tensor> EltwiseBackward(const paddle::Tensor& x_in, const paddle::Tensor& gout_in, int alg) {
   const auto x = checked(x_in, "rs_eltwise_grad"), gout = checked(gout_in, "rs_eltwise_grad");
   PD_CHECK(x.shape() == gout.shape(), "rs_eltwise_grad: x and the output gradient differ in shape");
-  const auto e = get_entry({kEltwise, x.numel(), 1, alg, 0});
+  const auto e = get_entry({kEltwise, x.numel(), 1, 1, alg, 0});
   auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   run(e->bwd, e->bwd_pd,
       {{DNNL_ARG_SRC, wrap(e->md, x.data<float>())}, {DNNL_ARG_DIFF_DST, wrap(e->md, gout.data<float>())},
@@ -235,7 +340,7 @@ std::vector<paddle::Tensor> LayerNormForward(const paddle::Tensor& x_in, const p
              b = checked(b_in, "rs_layer_norm");
   const auto [rows, cols] = rows_cols(x, "rs_layer_norm");
   PD_CHECK(w.numel() == cols && b.numel() == cols, "rs_layer_norm: weight and bias need ", cols, " elements");
-  const auto e = get_entry({kLayerNorm, rows, cols, 0, float_bits(epsilon)});
+  const auto e = get_entry({kLayerNorm, rows, cols, 1, 0, float_bits(epsilon)});
   const auto place = x.place();
   auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, place);
   auto mean = paddle::empty({rows}, paddle::DataType::FLOAT32, place);
@@ -255,7 +360,7 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x_in, const 
              b = checked(b_in, "rs_layer_norm_grad"), gy = checked(gy_in, "rs_layer_norm_grad");
   PD_CHECK(x.shape() == gy.shape(), "rs_layer_norm_grad: x and the output gradient differ in shape");
   const auto [rows, cols] = rows_cols(x, "rs_layer_norm_grad");
-  const auto e = get_entry({kLayerNorm, rows, cols, 0, float_bits(epsilon)});
+  const auto e = get_entry({kLayerNorm, rows, cols, 1, 0, float_bits(epsilon)});
   const auto place = x.place();
   auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, place);
   auto gw = paddle::empty({cols}, paddle::DataType::FLOAT32, place);
@@ -297,6 +402,52 @@ std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x_in, const pad
   return {gx, gw, gb};
 }
 
+std::vector<paddle::Tensor> BatchNormInfer(const paddle::Tensor& x_in, const paddle::Tensor& mean_in,
+                                           const paddle::Tensor& var_in, const paddle::Tensor& w_in,
+                                           const paddle::Tensor& b_in, float epsilon) {
+  const char* op = "rs_batch_norm_infer";
+  const auto x = checked(x_in, op), mean = checked(mean_in, op), var = checked(var_in, op), w = checked(w_in, op),
+             b = checked(b_in, op);
+  PD_CHECK(x.shape().size() >= 2 && x.numel() > 0, op, ": a non-empty [N, C, ...] tensor expected");
+  const int64_t N = x.shape()[0], C = x.shape()[1], inner = x.numel() / (N * C);
+  PD_CHECK(mean.numel() == C && var.numel() == C && w.numel() == C && b.numel() == C, op,
+           ": mean, variance, weight and bias need ", C, " elements");
+  // torch's CPU formula: alpha = weight / sqrt(var + eps) (as 1/sqrt, then times weight), beta = bias - mean * alpha
+  std::vector<float> alpha(C), beta(C);
+  const float *m = mean.data<float>(), *v = var.data<float>(), *wt = w.data<float>(), *bs = b.data<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    alpha[c] = 1.f / std::sqrt(v[c] + epsilon) * wt[c];
+    beta[c] = bs[c] - m[c] * alpha[c];
+  }
+  const auto e = get_entry({kBatchNorm, N, C, inner, 0, 0});
+  auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  run(e->fwd, e->fwd_pd,
+      {{DNNL_ARG_SRC_0, wrap(e->md, x.data<float>())}, {DNNL_ARG_SRC_1, wrap(e->wb_md, alpha.data())},
+       {DNNL_ARG_DST, wrap(e->md, y.data<float>())},
+       {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, wrap(e->wb_md, beta.data())}},
+      x.place());
+  return {y};
+}
+
+std::vector<paddle::Tensor> PermuteForward(const paddle::Tensor& x, const std::vector<int>& perm) {
+  return {permute(x, perm, "rs_permute")};
+}
+
+std::vector<paddle::Tensor> PermuteBackward(const paddle::Tensor& gout, const std::vector<int>& perm) {
+  return {permute(gout, inverse(checked_perm(perm, gout.shape().size(), "rs_permute_grad")), "rs_permute_grad")};
+}
+
+std::vector<std::vector<int64_t>> PermuteShape(const std::vector<int64_t>& x, const std::vector<int>& perm) {
+  checked_perm(perm, x.size(), "rs_permute");
+  std::vector<int64_t> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[perm[i]];
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> PermuteGradShape(const std::vector<int64_t>& gout, const std::vector<int>& perm) {
+  return PermuteShape(gout, inverse(checked_perm(perm, gout.size(), "rs_permute_grad")));
+}
+
 std::vector<std::vector<int64_t>> LinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                                               const std::vector<int64_t>&) {
   auto y = x;
@@ -310,6 +461,16 @@ std::vector<paddle::DataType> LinearDtype(const paddle::DataType& x, const paddl
 }
 
 std::vector<std::vector<int64_t>> SameShape(const std::vector<int64_t>& x) { return {x}; }
+std::vector<std::vector<int64_t>> BatchNormInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
+                                                      const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                      const std::vector<int64_t>&) {
+  return {x};
+}
+std::vector<paddle::DataType> BatchNormInferDtype(const paddle::DataType& x, const paddle::DataType&,
+                                                  const paddle::DataType&, const paddle::DataType&,
+                                                  const paddle::DataType&) {
+  return {x};
+}
 std::vector<paddle::DataType> SameDtype(const paddle::DataType& x) { return {x}; }
 
 std::vector<std::vector<int64_t>> LayerNormShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
@@ -375,3 +536,26 @@ PD_BUILD_GRAD_OP(rs_linear)
     .Inputs({"x", "weight", paddle::Grad("y")})
     .Outputs({paddle::Grad("x"), paddle::Grad("weight"), paddle::Grad("bias")})
     .SetKernelFn(PD_KERNEL(LinearBackward));
+
+PD_BUILD_OP(rs_permute)
+    .Inputs({"x"})
+    .Outputs({"out"})
+    .Attrs({"perm: std::vector<int>"})
+    .SetKernelFn(PD_KERNEL(PermuteForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(PermuteShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
+
+PD_BUILD_GRAD_OP(rs_permute)
+    .Inputs({paddle::Grad("out")})
+    .Outputs({paddle::Grad("x")})
+    .Attrs({"perm: std::vector<int>"})
+    .SetKernelFn(PD_KERNEL(PermuteBackward))
+    .SetInferShapeFn(PD_INFER_SHAPE(PermuteGradShape));
+
+PD_BUILD_OP(rs_batch_norm_infer)
+    .Inputs({"x", "mean", "variance", "weight", "bias"})
+    .Outputs({"y"})
+    .Attrs({"epsilon: float"})
+    .SetKernelFn(PD_KERNEL(BatchNormInfer))
+    .SetInferShapeFn(PD_INFER_SHAPE(BatchNormInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(BatchNormInferDtype));
