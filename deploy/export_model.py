@@ -68,9 +68,9 @@ def build_parser():
                         "predictor runs without oneDNN and the op builds here; recorded in model.yml, Predictor "
                         "registers it) or the ordinary conv2d op (no custom op)")
     p.add_argument("--ops", choices=("auto", "custom", "plain"), default="auto",
-                   help="softmax / GELU / SiLU / LayerNorm / Linear in the graph: paddle_rs's custom ops (oneDNN; "
-                        "auto: when the model's predictor runs without oneDNN and they build here; recorded in "
-                        "model.yml, Predictor registers them) or Paddle's own ops")
+                   help="softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes in the graph: "
+                        "paddle_rs's custom ops (oneDNN; auto: when the model's predictor runs without oneDNN and "
+                        "they build here; recorded in model.yml, Predictor registers them) or Paddle's own ops")
     p.add_argument("--legacy_twin", action="store_true",
                    help="also write a legacy model.pdmodel export into <save_dir>_legacy (FLAGS_enable_pir_api=0)")
     p.add_argument("--quiet", action="store_true")
@@ -125,7 +125,8 @@ def main(argv=None):
             (" (custom op rs_conv2d_fwd; Predictor registers it)" if attrs["conv_backend"] == "onednn" else ""))
     if attrs.get("ops_backend"):
         custom = [op for op in attrs.get("custom_ops") or [] if op not in ("rs_conv2d_fwd", "rs_selective_scan_fwd")]
-        log(f"[export] softmax / GELU / SiLU / LayerNorm / Linear in the graph: {attrs['ops_backend']}" +
+        log("[export] softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes in the graph: "
+            f"{attrs['ops_backend']}" +
             (f" (custom ops {', '.join(custom)}; Predictor registers them)" if custom else ""))
     log(f"[export] wrote {', '.join(sorted(os.listdir(out)))} to {out}")
 

@@ -159,13 +159,13 @@ def test_fast_path_taken_and_fallbacks(monkeypatch):
     assert _is_custom_op(monkeypatch, act.silu, x)
     assert _is_custom_op(monkeypatch, act.relu, x)
     assert _is_custom_op(monkeypatch, act.layer_norm, x, 4, paddle.ones([4]), paddle.zeros([4]))
-    # other axes, the tanh GELU, several normalised axes, no affine parameters, float64: the Paddle op
-    assert not _is_custom_op(monkeypatch, act.softmax, x, 1)
+    # the tanh GELU, several normalised axes, no affine parameters, float64: the Paddle op
+    assert _is_custom_op(monkeypatch, act.softmax, x, 1)         # another axis: moved last and back
     assert not _is_custom_op(monkeypatch, act.gelu, x, True)
     assert not _is_custom_op(monkeypatch, act.layer_norm, x, [3, 4], paddle.ones([12]), paddle.zeros([12]))
     assert not _is_custom_op(monkeypatch, act.layer_norm, x, 4)
     assert not _is_custom_op(monkeypatch, act.silu, x.astype("float64"))
-    np.testing.assert_allclose(act.softmax(x, 1).numpy(), F.softmax(x, 1).numpy())
+    np.testing.assert_allclose(act.softmax(x, 1).numpy(), F.softmax(x, 1).numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(act.layer_norm(x, [3, 4]).numpy(), F.layer_norm(x, [3, 4]).numpy())
     monkeypatch.setitem(_dygraph_ext._EXT_STATE, "module", None)    # as when the build failed
     np.testing.assert_allclose(act.gelu(x).numpy(), F.gelu(x).numpy())

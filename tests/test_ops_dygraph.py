@@ -89,6 +89,39 @@ def test_broadcast_add_equals_add(xs, ys):
     np.testing.assert_allclose(got[2].numpy(), want[2].numpy(), rtol=1e-6, atol=1e-6)   # a reduction, any order
 
 
+@pytest.mark.parametrize("op", ["mul", "div"])
+def test_broadcast_mul_div_equal_the_operators(op):
+    from paddle_rs.ops.elementwise import broadcast_div, broadcast_mul
+    rng = np.random.default_rng(1)
+    x = paddle.to_tensor(rng.standard_normal((2, 5, 4, 3)).astype("float32"), stop_gradient=False)
+    y = paddle.to_tensor(rng.random((2, 1, 4, 3)).astype("float32") + 0.5, stop_gradient=False)
+    gy = paddle.to_tensor(rng.standard_normal((2, 5, 4, 3)).astype("float32"))
+    fn, ref = {"mul": (broadcast_mul, lambda: x * y), "div": (broadcast_div, lambda: x / y)}[op]
+    got, want = _grads(lambda: fn(x, y), [x, y], gy), _grads(ref, [x, y], gy)
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    np.testing.assert_allclose(got[2].numpy(), want[2].numpy(), rtol=1e-6, atol=1e-6)   # a reduction, any order
+
+
+def test_conv1x1_bias_is_added_on_equal_shapes_without_gradients(monkeypatch):
+    """conv2d (1x1 with bias) under no_grad: convolution, then broadcast_add (Paddle's own bias add is its slow
+    broadcast kernel) -- the same bits as F.conv2d; with gradients, F.conv2d itself."""
+    import paddle.nn.functional as F
+    import paddle_rs.ops.conv as C
+    rng = np.random.default_rng(2)
+    x = paddle.to_tensor(rng.standard_normal((2, 8, 6, 5)).astype("float32"))
+    w = paddle.to_tensor(rng.standard_normal((4, 8, 1, 1)).astype("float32"))
+    b = paddle.to_tensor(rng.standard_normal(4).astype("float32"))
+    calls = []
+    monkeypatch.setattr(C, "broadcast_add", lambda *a: calls.append(1) or broadcast_add(*a))
+    with paddle.no_grad():
+        np.testing.assert_array_equal(C.conv2d(x, w, b).numpy(), F.conv2d(x, w, b).numpy())
+    assert calls == [1]
+    w.stop_gradient = False
+    np.testing.assert_array_equal(C.conv2d(x, w, b).numpy(), F.conv2d(x, w, b).numpy())
+    assert calls == [1]
+
+
 def _tune_in_subprocess(env):
     code = "from paddle_rs.utils.runtime import tune_cpu_malloc; print(tune_cpu_malloc())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env

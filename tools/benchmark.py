@@ -67,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
                     help="convolution backend of the timed export (deploy/export_model.py --conv)")
     ap.add_argument("--ops", choices=("auto", "custom", "plain"), default="auto",
-                    help="softmax / GELU / SiLU / LayerNorm / Linear backend of the timed export "
+                    help="softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transpose backend of the timed export "
                          "(deploy/export_model.py --ops)")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="glibc allocator thresholds for the whole process, both frameworks "
@@ -135,7 +135,8 @@ def main(argv=None):
             print(f"  {k[:-2]:<28} {v * 1000:9.1f} ms")
     if "inference_onednn" in res:
         print(f"  inference: oneDNN {'on' if res['inference_onednn'] else 'off'}, convolutions "
-              f"{res['inference_conv'] or 'none'}, softmax / GELU / SiLU / LayerNorm / Linear {res['inference_ops'] or 'none'}")
+              f"{res['inference_conv'] or 'none'}, softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes "
+              f"{res['inference_ops'] or 'none'}")
     for k, v in res.items():
         if k.startswith("ratio_"):
             print(f"  {k:<40} {v:6.2f}")

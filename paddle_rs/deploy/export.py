@@ -391,12 +391,14 @@ def _has_dygraph_ops(model: nn.Layer) -> bool:
 
 
 def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
-    """What an export puts into the graph for the softmax / GELU / SiLU / LayerNorm / Linear of
-    :mod:`paddle_rs.ops.act` and :mod:`paddle_rs.ops.linear` (None: the model has none of their layers).
+    """What an export puts into the graph for the softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes of
+    :mod:`paddle_rs.ops.act`, :mod:`~paddle_rs.ops.linear` and :mod:`~paddle_rs.ops.layout` (None: the model has
+    no GELU / SiLU / LayerNorm / Linear layer; a model with ReLUs only, R50 / FactSeg, keeps Paddle's ops).
 
-    ``auto``: their custom ops (``csrc/dygraph_ops_cpu.cc``: oneDNN softmax, GELU, SiLU, LayerNorm; linear as one
-    ``addmm``) when the model's predictor runs without oneDNN (``onednn_inference`` False: Swin, ViTAE, RSMamba;
-    Paddle's own CPU kernels for these are several times slower, which made Paddle Inference slower than
+    ``auto``: their custom ops (``csrc/dygraph_ops_cpu.cc``: oneDNN softmax, GELU, SiLU, ReLU, LayerNorm,
+    transposes; linear as one ``addmm``) when the model's predictor runs without oneDNN (``onednn_inference``
+    False: Swin, ViTAE, RSMamba; Paddle's own CPU kernels for these are several times slower, which made Paddle
+    Inference slower than
     dygraph) and the extension builds here; otherwise Paddle's ops (``plain``). ``custom`` fails when the
     extension is unavailable; ``plain`` gives a graph without them.
     """
@@ -427,8 +429,9 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     ``model.yml``, and :class:`~paddle_rs.deploy.predictor.Predictor` registers the op before loading.
     ``conv``: convolution backend in the graph (see :func:`resolve_conv_backend`), recorded as
     ``_Attributes.conv_backend``; ``onednn`` adds ``rs_conv2d_fwd`` to ``custom_ops``. ``ops``: softmax / GELU /
-    SiLU / LayerNorm / Linear backend (see :func:`resolve_ops_backend`), recorded as ``_Attributes.ops_backend``;
-    ``custom`` adds those of ``rs_softmax`` / ``rs_eltwise`` / ``rs_layer_norm`` / ``rs_linear`` the graph holds.
+    SiLU / ReLU / LayerNorm / Linear / transpose backend (see :func:`resolve_ops_backend`), recorded as
+    ``_Attributes.ops_backend``; ``custom`` adds those of ``rs_softmax`` / ``rs_eltwise`` / ``rs_layer_norm`` /
+    ``rs_linear`` / ``rs_permute`` the graph holds.
     Files are written into a temporary sibling directory and moved into place at the end, so a failed export
     leaves no half-written model behind. Returns the absolute ``save_dir``.
     """

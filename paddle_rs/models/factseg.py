@@ -12,7 +12,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..ops.act import softmax
 from ..ops.conv import Conv2D
+from ..ops.elementwise import broadcast_div, broadcast_mul
 from ..ops.resize import interpolate
 from ..registry import register_model
 from . import init
@@ -22,11 +24,12 @@ from .necks.fpn import FPN
 
 
 def cp_fuse(fg_logits, bi_logits):
-    """Collaborative-probability fusion (factseg.md §2.7), keepdim normalisation at every batch size."""
-    q = F.softmax(fg_logits, axis=1)
+    """Collaborative-probability fusion (factseg.md §2.7), keepdim normalisation at every batch size. (The softmax
+    and the broadcasts go through paddle_rs.ops for speed on CPU: the same values, see act / elementwise.)"""
+    q = softmax(fg_logits, axis=1)
     f = F.sigmoid(bi_logits)
-    p = paddle.concat([q[:, :1] * (1 - f), q[:, 1:] * f], axis=1)
-    return p / p.sum(axis=1, keepdim=True)
+    p = paddle.concat([q[:, :1] * (1 - f), broadcast_mul(q[:, 1:], f)], axis=1)
+    return broadcast_div(p, p.sum(axis=1, keepdim=True))
 
 
 class ResEncoder(nn.Layer):

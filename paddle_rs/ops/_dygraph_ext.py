@@ -2,9 +2,11 @@
 
 ``csrc/dygraph_ops_cpu.cc`` holds ``rs_softmax``, ``rs_eltwise`` (GELU, SiLU, ReLU) and ``rs_layer_norm`` on oneDNN,
 used by :mod:`paddle_rs.ops.act`, ``rs_linear`` (Paddle's GEMM, a fast bias gradient), used by
-:mod:`paddle_rs.ops.linear`, and ``rs_permute`` (a oneDNN reorder), used by :mod:`paddle_rs.ops.layout`. Built on first use against the oneDNN library Paddle ships
-(:mod:`paddle_rs.ops._onednn`; ~15 s, then cached) and checked against ``paddle.nn.functional`` before use.
-``PADDLE_RS_DYGRAPH_OPS=0`` disables it; any failure is reported once as a warning and the Paddle ops are used.
+:mod:`paddle_rs.ops.linear`, ``rs_permute`` (a oneDNN reorder), used by :mod:`paddle_rs.ops.layout`, and
+``rs_batch_norm_infer`` (eval-mode BatchNorm, forward only), used by :mod:`paddle_rs.ops.act`. Built on first use
+against the oneDNN library Paddle ships (:mod:`paddle_rs.ops._onednn`; ~15 s, then cached) and checked against
+``paddle.nn.functional`` before use. ``PADDLE_RS_DYGRAPH_OPS=0`` disables it; any failure is reported once as a
+warning and the Paddle ops are used.
 
 Exports: a static graph gets Paddle's own ops by default; after ``set_static_ops("custom")`` (what
 :func:`paddle_rs.deploy.export.export` does for a predictor that runs without oneDNN) it gets these custom ops'

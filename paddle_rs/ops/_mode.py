@@ -8,7 +8,7 @@ unless an export asks for paddle_rs's custom ops explicitly (``set_static_conv``
 """
 import paddle
 
-__all__ = ["in_sot", "amp_off", "dygraph_cpu_fp32"]
+__all__ = ["in_sot", "amp_off", "dygraph_cpu_fp32", "needs_grad"]
 
 try:   # True while paddle.jit.to_static's bytecode translator (SOT, full_graph=False) simulates the code
     from paddle.jit.sot.psdb import in_sot
@@ -28,3 +28,8 @@ def dygraph_cpu_fp32(*tensors):
     if not paddle.in_dynamic_mode() or in_sot() or not amp_off():
         return False
     return all(t is None or (t.dtype == paddle.float32 and t.place.is_cpu_place()) for t in tensors)
+
+
+def needs_grad(*tensors):
+    """Autograd is on and a given tensor (``None`` skipped) requires a gradient: an op on them is recorded."""
+    return paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in tensors)

@@ -1,4 +1,5 @@
-"""Softmax, GELU, SiLU and LayerNorm on oneDNN for Paddle dygraph on CPU, with the ordinary ops elsewhere.
+"""Softmax, GELU, SiLU, ReLU, LayerNorm and eval-mode BatchNorm on oneDNN for Paddle dygraph on CPU, with the
+ordinary ops elsewhere.
 
 Why: Paddle 3.3.1's CPU kernels for these are plain loops, far slower than torch's vectorised ones; oneDNN, which
 Paddle ships (``libdnnl.so.3``) and torch uses for the same ops, matches torch. Measured on 2 threads (Sapphire
@@ -11,24 +12,28 @@ softmax, last axis, ``[361, 3, 49, 49]``    18.4 / 2.5 / 2.8     23.9 / 7.3 / 4.
 GELU (erf), ``[1, 64, 128, 128]``           2.3 / 1.1 / 0.9      7.1 / 3.3 / 2.2
 SiLU, ``[1, 64, 128, 128]``                 2.1 / 1.2 / 0.9      5.2 / 3.5 / 2.1
 LayerNorm(96), ``[1, 16384, 96]``           1.4 / 1.4 / 1.3      22.4 / 4.7 / 3.2
+ReLU, ``[1, 512, 128, 128]``                2.8 / 1.6 / 1.7      17.9 / 9.8 / 6.9
 ==========================================  ===================  =====================
 
+(eval-mode BatchNorm: :class:`BatchNorm2D`.)
+
 (forward + backward includes Paddle's autograd bookkeeping.) The ops are the custom operators ``rs_softmax``,
-``rs_eltwise`` and ``rs_layer_norm`` of ``csrc/dygraph_ops_cpu.cc``, each with its gradient operator registered
-in C++, so Paddle's autograd engine runs the backward (``paddle.grad`` with respect to any subset of the inputs
-works, unlike with a ``PyLayer``). Built on first use and cached (:mod:`paddle_rs.ops._dygraph_ext`);
-``PADDLE_RS_DYGRAPH_OPS=0`` disables them.
+``rs_eltwise`` (GELU, SiLU, ReLU) and ``rs_layer_norm`` of ``csrc/dygraph_ops_cpu.cc``, each with its gradient
+operator registered in C++, so Paddle's autograd engine runs the backward (``paddle.grad`` with respect to any
+subset of the inputs works, unlike with a ``PyLayer``). Built on first use and cached
+(:mod:`paddle_rs.ops._dygraph_ext`); ``PADDLE_RS_DYGRAPH_OPS=0`` disables them.
 
 Paths: dygraph, fp32, CPU, no AMP (:func:`paddle_rs.ops._mode.dygraph_cpu_fp32`), a non-empty tensor, and for
-softmax the last axis, for GELU the exact (erf) form, for LayerNorm one normalised (last) axis with both weight and
+softmax any axis (another than the last through two transposes), for GELU the exact (erf) form, for LayerNorm one normalised (last) axis with both weight and
 bias: the oneDNN op. Anything else -- GPU, other dtypes, AMP, other axes, and static graphs (exports) unless
 :func:`paddle_rs.ops._dygraph_ext.set_static_ops` chose the custom ops -- the ``paddle.nn.functional`` op.
 
 Numerics: fp32 rounding apart from Paddle's and torch's ops, as accurate against float64 (max error relative to the
 tensor's max, forward / backward: softmax 2.2e-7 / 5.4e-7, GELU 8.0e-8 / 1.3e-7, SiLU 5.5e-8 / 1.6e-7, LayerNorm
-1.6e-7 / 1.0e-7); oneDNN's GELU is bit-identical to torch's, forward and backward. Unlike Paddle's own
-``layer_norm``, whose input gradient ignores the weight whenever the weight's gradient is not computed (a frozen
-weight, ``paddle.grad`` w.r.t. the input; Paddle 3.3.1), ``rs_layer_norm``'s gradient is right in every case.
+1.6e-7 / 1.0e-7); oneDNN's GELU is bit-identical to torch's, forward and backward, and ReLU is exact. Unlike
+Paddle's own ``layer_norm``, whose input gradient ignores the weight whenever the weight's gradient is not
+computed (a frozen weight, ``paddle.grad`` w.r.t. the input; Paddle 3.3.1), ``rs_layer_norm``'s gradient is right
+in every case.
 """
 import numbers
 
@@ -37,14 +42,23 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ._dygraph_ext import GELU_ALG, RELU_ALG, SILU_ALG, dygraph_ext, use_ext
+from .layout import permute
+from ._mode import needs_grad
 
 __all__ = ["softmax", "gelu", "silu", "relu", "layer_norm", "GELU", "Silu", "ReLU", "LayerNorm", "BatchNorm2D"]
 
 
 def softmax(x, axis=-1):
-    """``paddle.nn.functional.softmax(x, axis)``; oneDNN for the last axis where the module docstring says."""
-    if axis in (-1, x.ndim - 1) and use_ext(x):
-        return dygraph_ext().rs_softmax(x)
+    """``paddle.nn.functional.softmax(x, axis)``; oneDNN where the module docstring says. Another axis than the
+    last is moved last and back with :func:`~paddle_rs.ops.layout.permute` (two exact copies; e.g. FactSeg's class
+    softmax over ``[2, 16, 256, 256]``: 25 -> 4 ms)."""
+    if x.ndim >= 1 and use_ext(x):
+        axis = axis % x.ndim
+        if axis == x.ndim - 1:
+            return dygraph_ext().rs_softmax(x)
+        perm = [i for i in range(x.ndim) if i != axis] + [axis]
+        back = list(range(axis)) + [x.ndim - 1] + list(range(axis, x.ndim - 1))
+        return permute(dygraph_ext().rs_softmax(permute(x, perm)), back)
     return F.softmax(x, axis=axis)
 
 
@@ -118,10 +132,6 @@ class LayerNorm(nn.LayerNorm):
 BN_MIN_PIXELS = 4096   # BatchNorm2D's oneDNN path: planes of at least 64x64 (see the class)
 
 
-def _needs_grad(*tensors):
-    return paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient for t in tensors)
-
-
 class BatchNorm2D(nn.BatchNorm2D):
     """``paddle.nn.BatchNorm2D`` (same constructor, parameters, statistics and state_dict). Where it normalises with
     the running statistics (eval mode, or ``use_global_stats``) and no gradient is needed (``no_grad``, or nothing
@@ -138,7 +148,7 @@ class BatchNorm2D(nn.BatchNorm2D):
         if ((not self.training or self._use_global_stats is True) and self._data_format == "NCHW"
                 and self.weight is not None and self.bias is not None and paddle.in_dynamic_mode()
                 and x.ndim == 4 and x.shape[2] * x.shape[3] >= BN_MIN_PIXELS
-                and not _needs_grad(x, self.weight, self.bias) and use_ext(x, self.weight, self.bias)):
+                and not needs_grad(x, self.weight, self.bias) and use_ext(x, self.weight, self.bias)):
             return dygraph_ext().rs_batch_norm_infer(x, self._mean, self._variance, self.weight, self.bias,
                                                      float(self._epsilon))
         return super().forward(x)

@@ -6,7 +6,8 @@ Spec: rsp_upernet.md §3.3 (normative, incl. quirks Q1-Q9, all reproduced; see t
 Layout differences to the reference: ``nn.Linear`` weights are [in, out]; ``relative_position_index`` is
 rebuilt as a non-persistable buffer; BatchNorm momentum 0.9 / epsilon 1e-5; LayerNorm epsilon explicit
 (1e-5 in RCs, 1e-6 in NCs); GELU exact; transposes go through ``ops.layout.permute`` (dense in dygraph, for speed);
-in dygraph on CPU, softmax, GELU, SiLU, LayerNorm and eval-mode BatchNorm run on oneDNN (:mod:`paddle_rs.ops.act`, for speed).
+in dygraph on CPU, softmax, GELU, SiLU, LayerNorm and eval-mode BatchNorm run on oneDNN (:mod:`paddle_rs.ops.act`,
+for speed).
 
 Forward contract: ``forward(x[B,3,S,S]) -> [f0..f3]``, ``f_i``: ``[B, token_dims[i], S/4/2**i, S/4/2**i]``.
 Export: all sizes are Python ints derived from the static input H/W (fixed-shape ``to_static``).

@@ -1,9 +1,9 @@
-// Dygraph CPU (fp32) operators for Paddle whose own kernels are slow there: softmax, GELU / SiLU and LayerNorm on
-// oneDNN, a fully connected layer on Paddle's own GEMM with a fast bias gradient, and a dense transpose on a
-// oneDNN reorder. Each is a custom operator
-// with its gradient operator registered here, so Paddle's autograd engine runs the backward (paddle.grad with
-// respect to any subset of the inputs works, unlike with a PyLayer). Used through paddle_rs.ops.act and
-// paddle_rs.ops.linear, which explain why they exist.
+// Dygraph CPU (fp32) operators for Paddle whose own kernels are slow there: softmax, GELU / SiLU / ReLU, LayerNorm
+// and eval-mode BatchNorm on oneDNN, a fully connected layer on Paddle's own GEMM with a fast bias gradient, and a
+// dense transpose on a oneDNN reorder. Each is a custom operator with its gradient operator registered here
+// (eval BatchNorm aside, which has none), so Paddle's autograd engine runs the backward (paddle.grad with respect
+// to any subset of the inputs works, unlike with a PyLayer). Used through paddle_rs.ops.act, paddle_rs.ops.linear
+// and paddle_rs.ops.layout, which explain why they exist.
 //
 //   rs_softmax(x [..., C]) -> out                       softmax over the last axis (oneDNN softmax_accurate)
 //     grad: (out, out@GRAD) -> x@GRAD
@@ -22,8 +22,8 @@
 // A backward computes every input's gradient, needed or not (a custom kernel is not told which are). Every
 // tensor is viewed as plain row-major ([rows, C] or flat); inputs are made contiguous first, so no layout
 // reorders are involved (rs_permute aside, which is one). Primitive descriptors and primitives are cached per
-// (op, shape, algorithm, epsilon), reorders per (dims, strides), in maps guarded by a mutex (dropped when full). Engine, memory wrapping, threads and the header / library
-// version rules: onednn_common.h.
+// (op, shape, algorithm, epsilon), reorders per (dims, strides), in maps guarded by a mutex (dropped when
+// full). Engine, memory wrapping, threads and the header / library version rules: onednn_common.h.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
