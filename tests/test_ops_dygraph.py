@@ -103,9 +103,9 @@ def test_broadcast_mul_div_equal_the_operators(op):
     np.testing.assert_allclose(got[2].numpy(), want[2].numpy(), rtol=1e-6, atol=1e-6)   # a reduction, any order
 
 
-def test_conv1x1_bias_is_added_on_equal_shapes_without_gradients(monkeypatch):
-    """conv2d (1x1 with bias) under no_grad: convolution, then broadcast_add (Paddle's own bias add is its slow
-    broadcast kernel) -- the same bits as F.conv2d; with gradients, F.conv2d itself."""
+def test_conv1x1_bias_is_added_on_equal_shapes(monkeypatch):
+    """conv2d (1x1 with bias): convolution, then broadcast_add (Paddle's own bias add is its slow broadcast
+    kernel) -- the same bits as F.conv2d, and its gradients (the bias's summed in another order)."""
     import paddle.nn.functional as F
     import paddle_rs.ops.conv as C
     rng = np.random.default_rng(2)
@@ -117,9 +117,15 @@ def test_conv1x1_bias_is_added_on_equal_shapes_without_gradients(monkeypatch):
     with paddle.no_grad():
         np.testing.assert_array_equal(C.conv2d(x, w, b).numpy(), F.conv2d(x, w, b).numpy())
     assert calls == [1]
-    w.stop_gradient = False
-    np.testing.assert_array_equal(C.conv2d(x, w, b).numpy(), F.conv2d(x, w, b).numpy())
-    assert calls == [1]
+    gy = paddle.to_tensor(rng.standard_normal((2, 4, 6, 5)).astype("float32"))
+    for t in (x, w, b):
+        t.stop_gradient = False
+    got = _grads(lambda: C.conv2d(x, w, b), [x, w, b], gy)
+    assert calls == [1, 1]
+    want = _grads(lambda: F.conv2d(x, w, b), [x, w, b], gy)
+    for g, r in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(g.numpy(), r.numpy())
+    np.testing.assert_allclose(got[3].numpy(), want[3].numpy(), rtol=1e-6, atol=1e-6)
 
 
 def _tune_in_subprocess(env):

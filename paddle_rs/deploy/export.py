@@ -385,15 +385,16 @@ def _custom_or_plain(model, arg, choice, custom, has_layers, loader, what):
 
 
 def _has_dygraph_ops(model: nn.Layer) -> bool:
-    from paddle_rs.ops.act import GELU, LayerNorm, Silu
+    from paddle_rs.ops.act import GELU, LayerNorm, ReLU, Silu
     from paddle_rs.ops.linear import Linear
-    return any(isinstance(m, (GELU, LayerNorm, Silu, Linear)) for m in [model] + list(model.sublayers()))
+    return any(isinstance(m, (GELU, LayerNorm, ReLU, Silu, Linear)) for m in [model] + list(model.sublayers()))
 
 
 def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
     """What an export puts into the graph for the softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes of
     :mod:`paddle_rs.ops.act`, :mod:`~paddle_rs.ops.linear` and :mod:`~paddle_rs.ops.layout` (None: the model has
-    no GELU / SiLU / LayerNorm / Linear layer; a model with ReLUs only, R50 / FactSeg, keeps Paddle's ops).
+    no GELU / SiLU / ReLU / LayerNorm / Linear layer). With the custom ops, broadcast adds / multiplies / divides
+    (:mod:`paddle_rs.ops.elementwise`, 1x1-convolution biases included) are expanded to equal shapes first.
 
     ``auto``: their custom ops (``csrc/dygraph_ops_cpu.cc``: oneDNN softmax, GELU, SiLU, ReLU, LayerNorm,
     transposes; linear as one ``addmm``) when the model's predictor runs without oneDNN (``onednn_inference``

@@ -26,9 +26,9 @@ from .necks.fpn import FPN
 def cp_fuse(fg_logits, bi_logits):
     """Collaborative-probability fusion (factseg.md §2.7), keepdim normalisation at every batch size. (The softmax
     and the broadcasts go through paddle_rs.ops for speed on CPU: the same values, see act / elementwise.)"""
-    q = softmax(fg_logits, axis=1)
-    f = F.sigmoid(bi_logits)
-    p = paddle.concat([q[:, :1] * (1 - f), broadcast_mul(q[:, 1:], f)], axis=1)
+    q0, q1 = paddle.split(softmax(fg_logits, axis=1), [1, fg_logits.shape[1] - 1], axis=1)   # a slice's
+    f = F.sigmoid(bi_logits)                                                   # backward is slow on CPU
+    p = paddle.concat([q0 * (1 - f), broadcast_mul(q1, f)], axis=1)
     return broadcast_div(p, p.sum(axis=1, keepdim=True))
 
 

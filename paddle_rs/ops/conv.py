@@ -21,8 +21,9 @@ the same constructor, parameters (``weight [O, C/g, kh, kw]``, ``bias [O]``) and
   Compiled on first use by :func:`onednn_ext` and cached under ``~/.cache/paddle_rs/ops``;
   ``PADDLE_RS_ONEDNN_CONV=0`` disables it.
 * 1x1 kernels: ``paddle.nn.functional.conv2d``. Paddle runs them as one GEMM on the NCHW data, on par with
-  torch (where no gradient is needed, a bias is added afterwards by :func:`paddle_rs.ops.elementwise.broadcast_add`:
-  Paddle's own bias add is its slow broadcast kernel, ``[2, 256, 64, 64]`` 26.4 -> 5.1 ms, torch 4.3); oneDNN would add two layout reorders that cost as much as the convolution (256->64 at 128x128:
+  torch (a bias is added afterwards by :func:`paddle_rs.ops.elementwise.broadcast_add`: Paddle's own bias add is
+  its slow broadcast kernel, ``[2, 256, 64, 64]`` forward 26.4 -> 5.1 ms, torch 4.3; forward + backward 59.4 ->
+  18.7 ms, torch 15.8); oneDNN would add two layout reorders that cost as much as the convolution (256->64 at 128x128:
   4 ms forward in Paddle, 6 ms with oneDNN; 256->512 stride 2: 13 ms / 18 ms; forward+backward 17 / 38 ms).
 * static graph (``paddle.jit.to_static``, hence every export): the ordinary ``conv2d`` op by default, or, after
   ``set_static_conv("onednn")``, the ``rs_conv2d_fwd`` custom op for the same kernels as in dygraph (forward
@@ -47,6 +48,7 @@ import paddle.nn.functional as F
 
 from ._build import StaticBackend, load_once
 from ._onednn import build_onednn_extension
+from ._dygraph_ext import static_custom
 from ._mode import dygraph_cpu_fp32, needs_grad
 from .elementwise import broadcast_add
 from ._mode import in_sot as _in_sot
@@ -187,10 +189,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, data
                 return Conv2dFn.apply(x, weight, bias, *args)
             return onednn_ext().rs_conv2d_fwd(x.contiguous(), weight.contiguous(), _bias_arg(bias), *args,
                                               bias is not None)
-    if (bias is not None and data_format == "NCHW" and dygraph_cpu_fp32(x, weight, bias) and x.ndim == 4
-            and not needs_grad(x, weight, bias)):
+    if bias is not None and data_format == "NCHW" and (static_custom() or (dygraph_cpu_fp32(x, weight, bias)
+                                                                         and x.ndim == 4)):
         # Paddle adds a conv2d bias with its slow broadcast kernel; the same additions on expanded equal shapes
-        # (bit-identical; no-grad only, so that training keeps Paddle's bias-gradient reduction)
+        # (bit-identical forward; the bias gradient is the expand's reduction, summed in another order than
+        # Paddle's add gradient); also in exports with paddle_rs's custom ops, whose predictor runs without oneDNN
         y = F.conv2d(x, weight, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
         return broadcast_add(y, bias.reshape([1, -1, 1, 1]))
     return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,

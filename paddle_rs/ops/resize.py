@@ -1,4 +1,4 @@
-"""Resize as two matmuls with interpolation matrices: in exports (always) and in dygraph on CPU (bilinear).
+"""Resize as two matmuls with interpolation matrices: in exports and in dygraph on CPU (bilinear, nearest).
 
 A resize is linear and separable, ``y = A_h @ x @ A_w^T`` with interpolation matrices ``A [out, in]`` (two
 non-zero weights per row for bilinear, one for nearest). This module computes it that way:
@@ -13,10 +13,10 @@ non-zero weights per row for bilinear, one for nearest). This module computes it
   faster than either. Measured on 2 threads, UPerHead's resizes at 512x512 input, ``[1, 512, h, h] -> 128``
   (h = 16 / 32 / 64): forward 19.8 / 32.5 / 39.3 ms (``F.interpolate``) -> 6.3 / 9.7 / 8.8 ms (torch 13.2 /
   13.9 / 12.1 ms); forward + backward 100 / 163 / 174 ms -> 17 / 23 / 27 ms (torch 44 / 55 / 53 ms). The
-  matrices are cached per (size, mode, align_corners). ``nearest`` (a copy, exact either way for finite values)
-  takes the matrices where no gradient is needed (FactSeg's FPN, ``[2, 256, 32, 32] -> 64``: 18.0 -> 1.1 ms,
-  torch 7.6) and ``F.interpolate`` otherwise, so that training keeps Paddle's gradient summation order. Other
-  dtypes, devices and AMP use ``F.interpolate``.
+  matrices are cached per (size, mode, align_corners). ``nearest`` (a copy: exact for finite values; the
+  gradient sums each source pixel's copies in another order than Paddle's kernel, float32 rounding) takes them too:
+  FactSeg's FPN, ``[2, 256, 32, 32] -> 64``, forward 18.0 -> 1.1 ms (torch 7.6). Other dtypes, devices and AMP
+  use ``F.interpolate``.
 
 The matrices follow Paddle's / torch's index rules exactly:
 
@@ -37,7 +37,7 @@ import functools
 import paddle
 import paddle.nn.functional as F
 
-from ._mode import dygraph_cpu_fp32, needs_grad
+from ._mode import dygraph_cpu_fp32
 
 __all__ = ["interpolate", "interp_matrix"]
 
@@ -78,8 +78,7 @@ def _cached_matrix(in_size, out_size, mode, align_corners):
 
 def _interpolate_dygraph(x, size, mode, align_corners):
     h, w = (int(v) for v in size)
-    if ((mode != "bilinear" and (mode != "nearest" or needs_grad(x))) or not dygraph_cpu_fp32(x) or x.ndim != 4
-            or x.size == 0):
+    if mode not in ("bilinear", "nearest") or not dygraph_cpu_fp32(x) or x.ndim != 4 or x.size == 0:
         kw = {} if mode == "nearest" else {"align_corners": align_corners}
         return F.interpolate(x, size=[h, w], mode=mode, **kw)
     n, c, h_in, w_in = x.shape
