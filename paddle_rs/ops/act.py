@@ -24,9 +24,10 @@ subset of the inputs works, unlike with a ``PyLayer``). Built on first use and c
 (:mod:`paddle_rs.ops._dygraph_ext`); ``PADDLE_RS_DYGRAPH_OPS=0`` disables them.
 
 Paths: dygraph, fp32, CPU, no AMP (:func:`paddle_rs.ops._mode.dygraph_cpu_fp32`), a non-empty tensor, and for
-softmax any axis (another than the last through two transposes), for GELU the exact (erf) form, for LayerNorm one normalised (last) axis with both weight and
-bias: the oneDNN op. Anything else -- GPU, other dtypes, AMP, other axes, and static graphs (exports) unless
-:func:`paddle_rs.ops._dygraph_ext.set_static_ops` chose the custom ops -- the ``paddle.nn.functional`` op.
+softmax any axis (another than the last through two transposes), for GELU the exact (erf) form, for LayerNorm one
+normalised (last) axis with both weight and bias: the oneDNN op. Anything else -- GPU, other dtypes, AMP, several
+normalised axes, and static graphs (exports) unless :func:`paddle_rs.ops._dygraph_ext.set_static_ops` chose the
+custom ops -- the ``paddle.nn.functional`` op.
 
 Numerics: fp32 rounding apart from Paddle's and torch's ops, as accurate against float64 (max error relative to the
 tensor's max, forward / backward: softmax 2.2e-7 / 5.4e-7, GELU 8.0e-8 / 1.3e-7, SiLU 5.5e-8 / 1.6e-7, LayerNorm

@@ -6,12 +6,14 @@ goes through a generic index-computing loop that is about 10x slower. Materialis
 stage-1 attention at 512x512 (``[361, 3, 49, 49]``): relative-position bias ``[1, 3, 49, 49]`` 29.1 -> 2.0 ms;
 shift mask ``[1, 361, 1, 49, 49]`` 36.9 -> 2.1 ms (the same-shape add alone: 0.5 ms); the bias of a 1x1
 convolution, ``[2, 256, 64, 64] + [1, 256, 1, 1]``, 22.5 -> 1.2 ms; FactSeg's class-probability fusion
-(``[2, 15, 256, 256] * [2, 1, 256, 256]``, then a division by the per-pixel sum) 30.5 -> ~4 ms.
+(``[2, 15, 256, 256] * [2, 1, 256, 256]``, then a division by the per-pixel sum) 30.5 -> 2.6 ms plus the two
+expands.
 
 Results are bit-identical (the same float32 operations); the gradient of ``expand`` is a reduction like the
-broadcast op's own, but may sum in another order (float32 rounding). Static graphs (exports) keep the plain broadcast ``add`` (a oneDNN predictor fuses it), except
-under :func:`paddle_rs.ops._dygraph_ext.set_static_ops` ``"custom"``, the setting of exports whose predictor runs
-without oneDNN: those get ``expand`` + ``add`` as in dygraph.
+broadcast op's own, but may sum in another order (float32 rounding). Static graphs (exports) keep the plain
+broadcast op (a oneDNN predictor fuses it), except under :func:`paddle_rs.ops._dygraph_ext.set_static_ops`
+``"custom"``, the setting of exports whose predictor runs without oneDNN: those get ``expand`` + the op as in
+dygraph.
 """
 import paddle
 
