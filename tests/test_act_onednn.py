@@ -23,18 +23,9 @@ def _run(fn, inputs, gy):
     return [y.numpy()] + [g.numpy() for g in paddle.grad([y], leaves, [gy])]
 
 
-def _is_custom_op(monkeypatch, fn, *args):
-    """Whether fn(*args) went through the extension (the module is swapped for a recording proxy)."""
-    ext, called = dygraph_ext(), []
-
-    class Spy:
-        def __getattr__(self, name):
-            called.append(name)
-            return getattr(ext, name)
-
-    monkeypatch.setattr(act, "dygraph_ext", lambda: Spy())
-    fn(*args)
-    return bool(called)
+def _is_custom_op(ext_calls, fn, *args):
+    """Whether fn(*args) went through the extension (conftest's ext_calls)."""
+    return bool(ext_calls(act, fn, *args))
 
 
 @pytest.mark.parametrize("shape", [(7,), (4, 49), (2, 3, 5, 49), (1, 6, 130)])
@@ -152,19 +143,19 @@ def test_layer_norm_input_gradient_with_frozen_weight():
     assert np.abs(got["paddle"] - want).max() > 1e-2, "Paddle's layer_norm kernel is fixed: update the README"
 
 
-def test_fast_path_taken_and_fallbacks(monkeypatch):
+def test_fast_path_taken_and_fallbacks(monkeypatch, ext_calls):
     x = paddle.randn([2, 3, 4])
-    assert _is_custom_op(monkeypatch, act.softmax, x)
-    assert _is_custom_op(monkeypatch, act.gelu, x)
-    assert _is_custom_op(monkeypatch, act.silu, x)
-    assert _is_custom_op(monkeypatch, act.relu, x)
-    assert _is_custom_op(monkeypatch, act.layer_norm, x, 4, paddle.ones([4]), paddle.zeros([4]))
+    assert _is_custom_op(ext_calls, act.softmax, x)
+    assert _is_custom_op(ext_calls, act.gelu, x)
+    assert _is_custom_op(ext_calls, act.silu, x)
+    assert _is_custom_op(ext_calls, act.relu, x)
+    assert _is_custom_op(ext_calls, act.layer_norm, x, 4, paddle.ones([4]), paddle.zeros([4]))
     # the tanh GELU, several normalised axes, no affine parameters, float64: the Paddle op
-    assert _is_custom_op(monkeypatch, act.softmax, x, 1)         # another axis: moved last and back
-    assert not _is_custom_op(monkeypatch, act.gelu, x, True)
-    assert not _is_custom_op(monkeypatch, act.layer_norm, x, [3, 4], paddle.ones([12]), paddle.zeros([12]))
-    assert not _is_custom_op(monkeypatch, act.layer_norm, x, 4)
-    assert not _is_custom_op(monkeypatch, act.silu, x.astype("float64"))
+    assert _is_custom_op(ext_calls, act.softmax, x, 1)         # another axis: moved last and back
+    assert not _is_custom_op(ext_calls, act.gelu, x, True)
+    assert not _is_custom_op(ext_calls, act.layer_norm, x, [3, 4], paddle.ones([12]), paddle.zeros([12]))
+    assert not _is_custom_op(ext_calls, act.layer_norm, x, 4)
+    assert not _is_custom_op(ext_calls, act.silu, x.astype("float64"))
     np.testing.assert_allclose(act.softmax(x, 1).numpy(), F.softmax(x, 1).numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(act.layer_norm(x, [3, 4]).numpy(), F.layer_norm(x, [3, 4]).numpy())
     monkeypatch.setitem(_dygraph_ext._EXT_STATE, "module", None)    # as when the build failed
@@ -190,7 +181,7 @@ def test_static_graph_keeps_plain_ops(tmp_path):
     np.testing.assert_allclose(paddle.jit.load(path)(x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_batch_norm_eval_path_and_fallbacks(monkeypatch):
+def test_batch_norm_eval_path_and_fallbacks(ext_calls):
     """BatchNorm2D: torch's eval result (x * w / sqrt(var + eps) + b - mean * ...) on the oneDNN op for no-grad eval on
     maps of >= 64x64; Paddle's batch_norm in training mode, when a gradient is needed and on small maps; the same
     parameters, statistics and state_dict as nn.BatchNorm2D."""
@@ -209,15 +200,15 @@ def test_batch_norm_eval_path_and_fallbacks(monkeypatch):
     ours.eval(), ref.eval()
     big, small = (paddle.to_tensor(rng.standard_normal(s).astype("float32")) for s in ((2, 8, 64, 64), (2, 8, 8, 8)))
     with paddle.no_grad():
-        assert _is_custom_op(monkeypatch, ours, big)
-        assert not _is_custom_op(monkeypatch, ours, small)
+        assert _is_custom_op(ext_calls, ours, big)
+        assert not _is_custom_op(ext_calls, ours, small)
         got = ours(big).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(got, tb(torch.from_numpy(big.numpy())).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, ref(big).numpy(), rtol=1e-5, atol=1e-5)
-    assert not _is_custom_op(monkeypatch, ours, big)            # grad enabled, parameters require one: Paddle's op
+    assert not _is_custom_op(ext_calls, ours, big)            # grad enabled, parameters require one: Paddle's op
     ours.train(), ref.train()
-    assert not _is_custom_op(monkeypatch, ours, big)            # training mode: batch statistics, running update
+    assert not _is_custom_op(ext_calls, ours, big)            # training mode: batch statistics, running update
     ref(big)                                                    # the same one update on the reference
     np.testing.assert_allclose(ours._mean.numpy(), ref._mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(ours._variance.numpy(), ref._variance.numpy(), rtol=1e-6)
