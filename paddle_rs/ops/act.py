@@ -52,7 +52,7 @@ __all__ = ["softmax", "gelu", "silu", "relu", "layer_norm", "GELU", "Silu", "ReL
 def softmax(x, axis=-1):
     """``paddle.nn.functional.softmax(x, axis)``; oneDNN where the module docstring says. Another axis than the
     last is moved last and back with :func:`~paddle_rs.ops.layout.permute` (two exact copies; e.g. FactSeg's class
-    softmax over ``[2, 16, 256, 256]``: 25 -> 4 ms)."""
+    softmax over ``[2, 16, 256, 256]``: 26.6 -> 2.5 ms, torch 1.1)."""
     if x.ndim >= 1 and use_ext(x):
         axis = axis % x.ndim
         if axis == x.ndim - 1:
