@@ -120,17 +120,22 @@ std::shared_ptr<Entry> make_entry(const Key& k) {
 
 constexpr size_t kMaxEntries = 1024;
 
-std::shared_ptr<Entry> get_entry(const Key& k) {
+// The entry for k from a map guarded by a mutex, built by make(k) on a miss; the map is dropped when full
+// (entries in use survive through their shared_ptr). One map per (K, V).
+template <class K, class V>
+std::shared_ptr<V> cached(const K& k, std::shared_ptr<V> (*make)(const K&)) {
   static std::mutex mu;
-  static std::map<Key, std::shared_ptr<Entry>> cache;
+  static std::map<K, std::shared_ptr<V>> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(k);
   if (it == cache.end()) {
     if (cache.size() >= kMaxEntries) cache.clear();
-    it = cache.emplace(k, make_entry(k)).first;
+    it = cache.emplace(k, make(k)).first;
   }
   return it->second;
 }
+
+std::shared_ptr<Entry> get_entry(const Key& k) { return cached(k, make_entry); }
 
 paddle::Tensor checked(const paddle::Tensor& t, const char* op) {
   PD_CHECK(t.is_cpu(), op, ": CPU tensors only");
@@ -206,26 +211,20 @@ struct PermEntry {
   dnnl::reorder prim;
 };
 
-std::shared_ptr<PermEntry> get_reorder(const PermKey& k) {
-  static std::mutex mu;
-  static std::map<PermKey, std::shared_ptr<PermEntry>> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(k);
-  if (it == cache.end()) {
-    if (cache.size() >= kMaxEntries) cache.clear();
-    auto e = std::make_shared<PermEntry>();
-    dims dense(k.first.size());
-    for (size_t i = dense.size(), n = 1; i-- > 0;) {
-      dense[i] = static_cast<int64_t>(n);
-      n *= k.first[i];
-    }
-    e->src = memory::desc(k.first, f32, k.second);
-    e->dst = memory::desc(k.first, f32, dense);
-    e->prim = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), e->src, cpu_engine(), e->dst));
-    it = cache.emplace(k, e).first;
+std::shared_ptr<PermEntry> make_reorder(const PermKey& k) {
+  auto e = std::make_shared<PermEntry>();
+  dims dense(k.first.size());
+  for (size_t i = dense.size(), n = 1; i-- > 0;) {
+    dense[i] = static_cast<int64_t>(n);
+    n *= k.first[i];
   }
-  return it->second;
+  e->src = memory::desc(k.first, f32, k.second);
+  e->dst = memory::desc(k.first, f32, dense);
+  e->prim = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), e->src, cpu_engine(), e->dst));
+  return e;
 }
+
+std::shared_ptr<PermEntry> get_reorder(const PermKey& k) { return cached(k, make_reorder); }
 
 // perm is an int vector: shape functions cannot take int64 vector attributes (Paddle reads them as input shapes)
 std::vector<int> checked_perm(const std::vector<int>& perm, size_t ndim, const char* op) {
