@@ -12,7 +12,7 @@ Config (``optimizer`` and ``lr_scheduler`` sections of configs/*.yaml)::
                    by_epoch (+ iters_per_epoch): warm-up per iteration, then the schedule per epoch}
 
 Notes (porting.md §4): coupled L2 for Momentum (torch SGD weight_decay),
-``ClipGradByGlobalNorm`` (torch ``clip_grad_norm_``), ``PolynomialDecay`` with
+:class:`ClipGradByGlobalNormTorch` (torch ``clip_grad_norm_``), ``PolynomialDecay`` with
 ``end_lr`` passed explicitly, mmcv-style linear warm-up that scales the decayed LR.
 BatchNorm statistics (``stop_gradient`` parameters in Paddle) are excluded.
 """
@@ -120,12 +120,35 @@ def _is_norm_param(model, name):
                               nn.LayerNorm, nn.GroupNorm))
 
 
+class ClipGradByGlobalNormTorch(paddle.nn.ClipGradByGlobalNorm):
+    """Global-norm gradient clipping with torch ``clip_grad_norm_``'s arithmetic: every gradient is scaled by
+    ``min(1, max_norm / (norm + 1e-6))``. Paddle's own ``ClipGradByGlobalNorm`` scales by
+    ``max_norm / max(norm, max_norm)``, which differs by ``1e-6 / norm`` relative (1e-6 at a norm of 1)."""
+
+    def _dygraph_clip(self, params_grads):
+        grads = [g for p, g in params_grads if g is not None and getattr(p, "need_clip", True)]
+        if not grads:
+            return params_grads
+        sq = [paddle.sum(paddle.square(g.astype("float32") if g.dtype in (paddle.float16, paddle.bfloat16) else g))
+              for g in grads]
+        dtype = "float64" if any(s.dtype == paddle.float64 for s in sq) else "float32"
+        norm = paddle.sqrt(paddle.add_n([s.astype(dtype) for s in sq]))
+        coef = paddle.clip(self.clip_norm / (norm + 1e-6), max=1.0)
+        out = []
+        for p, g in params_grads:
+            if g is None or not getattr(p, "need_clip", True):
+                out.append((p, g))
+            else:
+                out.append((p, g * coef.astype(g.dtype)))
+        return out
+
+
 def build_optimizer(model, opt_cfg, sched_cfg, total_iters):
     """Returns ``(optimizer, scheduler)``; call ``scheduler.step()`` after each ``optimizer.step()``."""
     base_lr = float(opt_cfg["lr"])
     sched = build_scheduler(sched_cfg or {}, base_lr, total_iters)
     clip = opt_cfg.get("grad_clip")
-    grad_clip = paddle.nn.ClipGradByGlobalNorm(float(clip)) if clip else None
+    grad_clip = ClipGradByGlobalNormTorch(float(clip)) if clip else None
     groups = param_groups(model, opt_cfg)
     params = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     kind = opt_cfg.get("type", "Momentum")

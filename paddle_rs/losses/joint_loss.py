@@ -20,7 +20,10 @@ def som(loss, ratio):
     k = int(ratio * n)
     top = paddle.topk(flat, k)[0]
     mask = top != 0
-    return paddle.masked_select(top, mask).sum() / (mask.astype(top.dtype).sum() + 1e-6)
+    # torch adds 1e-6 to an integer count, which gives a float32 tensor (the default dtype): count + 1e-6 is
+    # float32 there even when the losses are float64, so it is here too
+    count = mask.astype("float32").sum() + 1e-6
+    return paddle.masked_select(top, mask).sum() / count.astype(top.dtype)
 
 
 def cp_log_prob(fg_logits, bi_logits, stable=False):

@@ -67,15 +67,13 @@ CHUNK_SIZE = 16
 
 
 def softplus(x):
-    """Threshold-20 softplus: Paddle's ``F.softplus(x, 1, 20)`` = ``x if x > 20 else log(1 + exp(x))``.
+    """Threshold-20 softplus ``x if x > 20 else log1p(exp(x))``, as torch / mamba-ssm compute it.
 
-    torch / mamba-ssm compute ``log1p(exp(x))``; the two differ by less than 6e-8 absolute, and only where
-    ``exp(x) < 1e-7`` (a known, negligible divergence). The ``where(x > 20, x, log1p(exp(x)))`` form of
-    porting.md §11 is ~5x slower on Paddle CPU (``log1p`` costs ~10 ns/element) and this runs on every token of
-    every layer. ``F.softplus`` does block the optional paddle2onnx / legacy-IR exports (porting.md §5.2, §6);
-    the PIR export and Paddle Inference handle it.
+    Paddle's ``F.softplus`` computes ``log(1 + exp(x))``, which loses the relative precision of small results
+    (``exp(x) < 1e-7``: 6e-8 absolute in fp32, 1e-8 relative in float64), and stops the paddle2onnx conversion.
+    The ``min`` inside ``exp`` keeps the unused branch finite, so the gradient of ``where`` has no NaN above 88.
     """
-    return F.softplus(x, beta=1.0, threshold=20.0)
+    return paddle.where(x > 20.0, x, paddle.log1p(paddle.exp(paddle.minimum(x, paddle.full_like(x, 20.0)))))
 
 
 # ----------------------------------------------------------------------------------------------------------

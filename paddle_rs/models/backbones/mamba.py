@@ -86,9 +86,8 @@ class MambaMixer(nn.Layer):
         self.x_proj = nn.Linear(I, R + 2 * N, bias_attr=False)
         self.dt_proj = nn.Linear(R, I)
         A = np.tile(np.arange(1, N + 1, dtype=np.float32)[None, :], (I, 1))
-        self.A_log = self.create_parameter(
-            [I, N], dtype="float32", default_initializer=nn.initializer.Assign(np.log(A)))
-        self.D = self.create_parameter([I], dtype="float32", default_initializer=nn.initializer.Constant(1.0))
+        self.A_log = self.create_parameter([I, N], default_initializer=nn.initializer.Assign(np.log(A)))
+        self.D = self.create_parameter([I], default_initializer=nn.initializer.Constant(1.0))
         self.out_proj = nn.Linear(I, hidden_size, bias_attr=None if use_bias else False)
         for m in (self.conv1d, self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
             init.torch_default_(m)
@@ -105,8 +104,10 @@ class MambaMixer(nn.Layer):
         x = F.silu(self.conv1d(x))                                        # causal depthwise conv (NLC, left pad)
         dt, Bm, Cm = paddle.split(self.x_proj(x), [R, N, N], axis=-1)     # [B, L, R | N | N]
         delta = paddle.matmul(dt, self.dt_proj.weight)                    # [B, L, I], bias added in the scan
-        A = -paddle.exp(self.A_log)
-        y = selective_scan_blc(x, delta, A, Bm, Cm, self.D, z, delta_bias=self.dt_proj.bias,
+        # upstream computes A and reads D and the bias in float32 (``.float()``) whatever the model's dtype
+        f32 = lambda t: t.astype("float32").astype(x.dtype)               # noqa: E731
+        A = -paddle.exp(self.A_log.astype("float32")).astype(x.dtype)
+        y = selective_scan_blc(x, delta, A, Bm, Cm, f32(self.D), z, delta_bias=f32(self.dt_proj.bias),
                                delta_softplus=True, chunk_size=self.chunk_size)
         return self.out_proj(y)
 
@@ -169,8 +170,7 @@ class RSMambaBackbone(nn.Layer):
         self.patch_resolution = tuple(self.patch_embed.out_size(s) for s in self.img_size)
         self.num_patches = L = self.patch_resolution[0] * self.patch_resolution[1]
         if pe_type == "learnable":
-            self.pos_embed = self.create_parameter([1, L, D], dtype="float32",
-                                                   default_initializer=nn.initializer.Constant(0.0))
+            self.pos_embed = self.create_parameter([1, L, D], default_initializer=nn.initializer.Constant(0.0))
         elif pe_type == "sine":
             self.register_buffer("pos_embed", _sincos_pos_embed(self.patch_resolution, D), persistable=False)
         else:
@@ -299,4 +299,4 @@ def _sincos_pos_embed(patches_resolution, embed_dims, temperature=10000.0):
     out_w = np.outer(grid_w.reshape(-1), omega)
     out_h = np.outer(grid_h.reshape(-1), omega)
     pos = np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h), np.cos(out_h)], axis=1)[None]
-    return paddle.to_tensor(pos.astype(np.float32))
+    return paddle.to_tensor(pos.astype(np.float32)).astype(paddle.get_default_dtype())   # computed in fp32, as torch
