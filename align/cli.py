@@ -9,9 +9,20 @@ if os.path.dirname(HERE) not in sys.path:         # run as `python align/0x_*.py
     sys.path.insert(0, os.path.dirname(HERE))
 
 
+def run_stage(stage, name, out, **case_kw):
+    """One stage of one model, as the align scripts run it: the list of :class:`~align.harness.Result` (also saved
+    under ``out/<model>/``) and the stage's notes."""
+    from align.cases import get_case
+    from align.harness import StageLog
+    case = get_case(name, **case_kw)
+    log = StageLog(stage, name, out, checks=case.CHECKS)
+    getattr(case, stage)(log)
+    return log.save(), log.notes, log.dir
+
+
 def main(stage, description):
-    from align.cases import default_models, get_case
-    from align.harness import StageLog, print_summary
+    from align.cases import default_models
+    from align.harness import print_summary
 
     import paddle_rs
     ap = argparse.ArgumentParser(description=description)
@@ -41,18 +52,17 @@ def main(stage, description):
         t0 = time.time()
         print(f"[{stage}] {name} ...", flush=True)
         try:
-            case = get_case(name, size=args.size, full=args.full, seed=args.seed, steps=args.steps)
-            log = StageLog(stage, name, args.out)
-            getattr(case, stage)(log)
+            res, notes, out_dir = run_stage(stage, name, args.out, size=args.size, full=args.full, seed=args.seed,
+                                            steps=args.steps)
         except Exception as e:  # a broken model must not hide the others; it still fails the run
             import traceback
             traceback.print_exc()
             errors.append(f"{name}: {type(e).__name__}: {e}")
             continue
-        results += log.save()
-        for n in log.notes:
+        results += res
+        for n in notes:
             print(f"  note: {n}")
-        print(f"[{stage}] {name} done in {time.time() - t0:.1f}s; logs in {log.dir}", flush=True)
+        print(f"[{stage}] {name} done in {time.time() - t0:.1f}s; logs in {out_dir}", flush=True)
     ok = print_summary(results, title=f"{stage} parity (torch_ref vs paddle_rs)")
     for e in errors:
         print(f"ERROR {e}")

@@ -1,11 +1,11 @@
 """How far the torch reference's own fp32 training run moves under equally valid execution settings.
 
-Runs the ``train_*`` part of align/04_backward.py (the real recipe, compressed to ``--steps`` steps, from the
-settled weights, on the training batch) for the torch reference only: at the default threads, then with another
+Runs the ``train_*`` free run of align/04_backward.py (the real recipe, compressed to ``--steps`` steps, from the
+settled weights and optimizer state, on the training batch) for the torch reference only: at the default threads, then with another
 thread count (reductions split differently), with oneDNN convolutions off (another convolution algorithm) and in
 float64, and prints the largest relative loss difference of each against the default run. This is the
-reference's reproducibility floor that known divergence D14 quotes; a Paddle-vs-torch gap inside it cannot be
-told apart from the reference disagreeing with itself.
+reference's reproducibility floor: a Paddle-vs-torch gap inside it cannot be told apart from the reference
+disagreeing with itself.
 
 Usage: python align/reference_spread.py [--model upernet_vitaev2_s] [--threads 2]
 """
@@ -28,7 +28,8 @@ def losses(case, recipe, x, y, threads, onednn=True, dtype="float32"):
     try:
         tm, _ = case.build_pair(settled=True, dtype=dtype)
         tm.train()
-        return train_pair(tm, None, recipe, x, y, case.steps, torch_only=True)["t"]["loss"].astype(np.float64)
+        return train_pair(tm, None, recipe, x, y, case.steps, torch_only=True,
+                          optimizer_state=case.settled_state()[2])["t"]["loss"].astype(np.float64)
     finally:
         torch.backends.mkldnn.enabled = True
 

@@ -60,6 +60,11 @@ def _module_rules(torch_model):
     return rules
 
 
+def linear_weight_keys(torch_model):
+    """Torch keys of the ``nn.Linear`` weights: stored transposed ([in, out]) in Paddle."""
+    return {k for k, (_, kind) in _module_rules(torch_model).items() if kind == "transpose"}
+
+
 def _fail(what, items, hint):
     if items:
         lines = "\n  ".join(items[:50]) + (f"\n  ... and {len(items) - 50} more" if len(items) > 50 else "")

@@ -5,14 +5,18 @@ import numpy as np
 class ParityCase:
     family = ""
     default_models = ()
+    CHECKS = ()      # the declared Check of every key the stages add (align/harness.py)
 
     def __init__(self, model_name, size=None, full=False, seed=0, steps=10):
         self.name, self.full, self.seed, self.steps = model_name, full, seed, steps
         self.size = size
 
     # -- helpers shared by all families ---------------------------------------------------------
-    def build_pair(self, dtype="float32", **overrides):
-        """Torch reference with seeded random init, and the Paddle port loaded through convert/."""
+    def build_pair(self, dtype="float32", prepare=None, state=None, **overrides):
+        """Torch reference from its seeded random init and the Paddle port loaded from it through convert/, both in
+        eval mode. ``prepare(tm)``: applied to the fp32 reference before anything else (e.g. conditioning, see
+        align/weights.py); ``state``: a torch state dict loaded after it (e.g. :meth:`settle`'s); ``dtype`` float64
+        converts the reference after that, so both dtypes start from the same float32 weights."""
         import paddle
         import torch
 
@@ -24,10 +28,32 @@ class ParityCase:
             tm, pm = build_pair(self.name, **overrides)
         finally:
             paddle.set_default_dtype(prev)
+        if prepare is not None:
+            prepare(tm)
+        if state is not None:
+            tm.load_state_dict(state)
         if dtype == "float64":
             tm = tm.double()
         copy_torch_to_paddle(tm, pm)
+        tm.eval(), pm.eval()
         return tm, pm
+
+    def settle(self, prepare, recipe, x, y, steps, torch_batch=None, **overrides):
+        """The reference after ``steps`` iterations of ``recipe`` on ``(x, y)`` (torch fp32, train mode) from its
+        seeded init and ``prepare``: ``(state_dict, losses, optimizer_state)``. A start for multi-step
+        comparisons that is what fine-tuning starts from, instead of the first, most violent steps of a random
+        init (the optimizer state in :func:`align.training.torch_optimizer_state` form)."""
+        import torch
+
+        import torch_ref
+        from align.training import train_pair
+        torch.manual_seed(self.seed)
+        tm = torch_ref.build_model(self.name, **overrides)
+        if prepare is not None:
+            prepare(tm)
+        tm.train()
+        r = train_pair(tm, None, recipe, x, y, steps, torch_only=True, torch_batch=torch_batch)
+        return {k: v.detach().clone() for k, v in tm.state_dict().items()}, r["t"]["loss"], r["t_optimizer_state"]
 
     @staticmethod
     def trainable_params(tm, pm):

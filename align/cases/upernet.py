@@ -7,73 +7,78 @@ with class 5 (clutter) ignored plus a band of 5; N = 5 outputs. The iSAID flavou
 checked on fixed logits in the loss and metric stages.
 
 **Weights.** The torch reference is built from its seeded random init and then *conditioned*
-(:func:`condition_weights`) before it is moved to Paddle through ``convert/``: random affine norms / bias tables /
-classifiers, ResNet residual branches ending in a small BN gamma (x0.2, as in trained ResNets), and BN running
-statistics calibrated on one batch with ``running_var`` floored at half the layer's median. Reason: the plain
-random init is ill-conditioned -- a random ResNet-50 re-amplifies rounding in every block, and the PPM scale-1
-BN sees 2 values per channel (its running variance can be ~0), so torch fp32 itself deviates from torch fp64 by
-~4e-4 on the R50 eval logits (tests/test_upernet.py, measured) and a 1e-4 tolerance would measure fp32 noise,
-not the port. The conditioned models keep every code path and are what a trained model looks like. The stage
-notes print the reference's own fp32-vs-fp64 gap next to the Paddle gap.
+(align/weights.py ``condition_weights``) before it is moved to Paddle through ``convert/``: random affine norms /
+bias tables / classifiers, ResNet residual branches ending in a small BN gamma (x0.2, as in trained ResNets), and
+BN running statistics calibrated on one batch with ``running_var`` floored at half the layer's median. Reason: the
+plain random init is ill-conditioned -- a random ResNet-50 re-amplifies rounding in every block, and the PPM
+scale-1 BN sees 2 values per channel (its running variance can be ~0), so torch fp32 itself deviates from torch
+fp64 by ~4e-4 on the R50 eval logits (tests/test_upernet.py, measured) and a 1e-4 tolerance would measure fp32
+noise, not the port. The conditioned models keep every code path and are what a trained model looks like. The
+stage notes print the reference's own fp32-vs-fp64 gap next to the Paddle gap.
 
-Stages (``python align/0x_*.py --model upernet_r50,upernet_swin_t,upernet_vitaev2_s``):
+Stages (``python align/0x_*.py --model upernet_r50,upernet_swin_t,upernet_vitaev2_s``); the tolerances are
+declared in :data:`CHECKS` (docs/parity.md lists them with the measured values):
 
-* forward: eval logits at input size (1e-4 abs, argmax identical), the 4 backbone features (1e-5 x max|ref|),
-  decode/aux head logits in eval mode, and the train-mode ``(decode, aux)`` logits (drop path and dropout 0,
-  batch 2 for the PPM scale-1 BN; 1e-4 abs); plus a float64 run (D8 bound);
+* forward: eval logits at input size (argmax compared where the top-2 margin exceeds the tolerance), the 4
+  backbone features and the decode / aux head logits relative to their largest value, the train-mode ``(decode,
+  aux)`` logits (drop path and dropout 0, batch 2 for the PPM scale-1 BN) with the running-statistic update of that
+  forward, and the same logits in float64;
 * metric: mmseg ``intersect_and_union`` + ``total_area_to_metrics`` semantics through ``SegMetric`` with the
   ``nanmean`` policy, Potsdam's 6 metric rows (clutter row always NaN), a class present in GT but never
   predicted (IoU 0 counted, F1 NaN excluded), an absent class, and an iSAID-like 16-class case; exact, and
   checked against an independent numpy transcription of mmseg (:func:`mmseg_metrics`);
 * loss: ``UperNetLoss`` (decode CE + 0.4 aux CE, mmseg 0.21 mean over all pixels) on fixed logits (Potsdam and
-  iSAID flavours; 1e-6 relative) and its gradients w.r.t. the logits; the loss of the full model in train mode
-  (1e-6 relative) and the parameter gradients of the layers named in spec §13: strictly (1e-4 relative to the
-  tensor's max) in float64 (``grad64_*``), and in fp32 under D11 (``grad_rel_*``, global norm);
-* backward: 10 steps of the model's real optimizer (from ``configs/<model>/potsdam.yaml``: SGD momentum 0.9 wd
-  5e-4 poly 0.9 to 1e-4 for R50; AdamW 6e-5 wd 0.01 with no decay for norm / bias tables, warm-up poly 1.0
-  for Swin / ViTAE) in train mode with drop path and dropout off, on the config's batch size (8 seeded images):
-  loss per step (1e-5 relative), LR per step (1e-12), gradient norm, parameters after the steps, in fp32 and
-  in float64. The schedule is compressed to the run (total = steps; warm-up = steps // 2, so both branches of the
-  warm-up formula run); the real 80k-iteration schedules are compared separately over their first 2000
-  iterations (1e-12), the per-parameter weight decay / LR multipliers exactly, and the recipe strictly on the
-  probe network (align/probe.py).
+  iSAID flavours) and its gradients w.r.t. the logits; the loss of the full model in train mode and the parameter
+  gradients of the layers named in spec §13: in float64 (``grad64_*``, where they measure the port) and in fp32
+  (``grad_rel_*``, global norm), where the reference's own rounding shows (D11);
+* backward: the model's real recipe (from ``configs/<model>/potsdam.yaml``: SGD momentum 0.9 wd 5e-4 poly 0.9 to
+  1e-4 for R50; AdamW 6e-5 wd 0.01 with no decay for norm / bias tables, warm-up poly 1.0 for Swin / ViTAE) in
+  train mode with drop path and dropout off, on the config's batch size (8 seeded images), the schedule
+  compressed to the run (total = steps; warm-up = steps // 2, so both branches of the warm-up formula run): the
+  per-step comparison of align/training.py in fp32 and float64 (each step from the reference's state: update,
+  optimizer state, LR, loss, gradient norm, running statistics, with Paddle's own and with the reference's
+  gradients) and a free run (loss and LR per step); the real 80k-iteration schedules over their first 2000
+  iterations, the per-parameter weight decay / LR multipliers exactly, and the recipe on the probe network
+  (align/probe.py).
 
-**Where training starts.** The compared run starts from the conditioned weights after ``SETTLE_STEPS`` = 20
-iterations of the same recipe in torch (fp32, the same batch), converted to Paddle as every other weight: the
-state of a fine-tuning run, which is what these recipes do (they start from pretrained backbones). Straight from
-the random init, the first steps are chaotic in the reference itself -- on the 2-image batch of the other stages
-(train-mode BN over 2 values in the PPM's 1x1 branch) torch fp32 parts from torch fp64 by 1e-2 relative within 10
-steps, and in float64 the two frameworks start equal to 1e-12 and still part after 5-9 steps; on 8 images from
-the random init the reference parts from itself by 2e-5. After the 20 settling steps it stays within 1e-6 of itself
-over the 10 steps, so the 1e-5 tolerance measures the port, not rounding noise (measured: the stage notes print
-torch fp32 vs torch fp64 next to Paddle vs torch).
+**Where training starts.** The backward stage starts from the conditioned weights and the optimizer state after
+``SETTLE_STEPS`` = 20 iterations of the same recipe in torch (fp32, the same batch), converted to Paddle as every
+other weight: the state of a fine-tuning run, which is what these recipes do (they start from pretrained
+backbones). Straight from the random init, the first steps are chaotic in the reference itself -- on the 2-image
+batch of the other stages (train-mode BN over 2 values in the PPM's 1x1 branch) torch fp32 parts from torch fp64
+by 1e-2 relative within 10 steps; and a fresh AdamW's first update is the sign of each gradient element, which
+rounding decides wherever the element is at rounding level.
 
-Measured limits (align/known_divergences.py): fp32 parameter gradients of these randomly initialised models are
-noisy in the reference itself (D11: torch fp32 vs torch fp64 up to 8.5e-3 of a tensor's max on R50), so the
-spec's 1e-4 gradient check is made in float64. On AdamW runs, a parameter whose exact gradient is 0 (a conv bias
-before train-mode BN) moves by +-lr from rounding noise (D13), checked apart from the other parameters.
+Measured limits (align/known_divergences.py): fp32 parameter gradients of these models are noisy in the reference
+itself (D11), so the spec's 1e-4 gradient check is strict in float64; on AdamW runs, a parameter whose exact
+gradient is 0 (a conv bias before train-mode BN) moves by +-lr from rounding noise (D13) and is compared with the
+reference's gradients injected.
 """
 import copy
 import os
 
 import numpy as np
 
-from ..harness import Tol
+from ..harness import Check, Tol, near_ties
+from ..training import BN_STEP_KEYS, CORE_STEP_KEYS, step_checks
+from ..weights import condition_weights
 from .base import ParityCase
 
 LOGIT = Tol(atol=1e-4, argmax_axis=1)                     # eval logits at input size (issue #4)
-HEAD = Tol(atol=1e-4)                                     # head logits (eval / train mode)
-FEAT = Tol(rtol=1e-5, rel_to_max=True)                    # backbone features (rsp_upernet.md §13)
-FP64 = Tol(atol=1e-10)                                    # same math in float64 (D8: Paddle's bilinear weights)
+HEAD = Tol(atol=1e-4)                                     # train-mode head logits
+FEAT = Tol(rtol=1e-5, rel_to_max=True)                    # features, eval head logits (rsp_upernet.md §13)
+FP64 = Tol(atol=1e-10)                                    # same math in float64
 LOSS = Tol(rtol=1e-6)
 LOGIT_GRAD = Tol(rtol=1e-5, rel_to_max=True)              # d loss / d logits (values ~1/(B*H*W))
 PARAM_GRAD = Tol(rtol=1e-4, rel_to_max=True)              # spec §13 backward: 1e-4 relative
+PARAM_GRAD64 = Tol(rtol=1e-8, rel_to_max=True)            # the same in float64
 EXACT = Tol(exact=True)
 EXACT_NAN = Tol(exact=True, allow_nan=True)
 STEP_LOSS = Tol(rtol=1e-5)
 GRAD_NORM = Tol(rtol=1e-4)
 LR = Tol(atol=1e-12)
 PARAM = Tol(atol=1e-5)                                    # porting.md §7.4: parameters after k steps
+BN_UPDATE = Tol(atol=1e-4)                                # running-statistic update gap / its largest element
 
 MODELS = ("upernet_r50", "upernet_swin_t", "upernet_vitaev2_s")
 TRAIN_BATCH = 8                                           # configs/upernet_*/potsdam.yaml train.batch_size
@@ -99,6 +104,58 @@ HEAD_GRAD_KEYS = ["decode_head.psp_modules.0.1.conv.weight", "decode_head.psp_mo
                   "decode_head.conv_seg.bias", "auxiliary_head.convs.0.conv.weight", "auxiliary_head.conv_seg.weight"]
 
 
+CHECKS = [
+    # forward
+    Check("forward", "eval_backbone_out*", FEAT, "4 backbone levels (eval)"),
+    Check("forward", "eval_*_logits_s*", FEAT, "decode (H/4) / aux (H/16) head logits (eval)"),
+    Check("forward", "eval_logits", LOGIT, "logits at the input size, the eval output"),
+    Check("forward", "eval_logits_fp64", FP64, "eval logits in float64", known="D8", models=("upernet_vitaev2_s",)),
+    Check("forward", "eval_logits_fp64", FP64, "eval logits in float64"),
+    Check("forward", "train_*_logits", HEAD, "decode / aux logits in train mode (batch statistics)"),
+    Check("forward", "train_bn_running_mean", BN_UPDATE, "BatchNorm running-mean update of that forward"),
+    Check("forward", "train_bn_running_var_d1", BN_UPDATE,
+          "BatchNorm running-variance update (D1: Paddle's biased variance, corrected)"),
+    Check("forward", "train_*_logits_fp64", FP64, "train-mode logits in float64", known="D8"),
+    # metric
+    Check("metric", "*_mmseg_numpy_vs_paddle", Tol(rtol=1e-15, allow_nan=True),
+          "the port against an independent numpy transcription of mmseg"),
+    Check("metric", "potsdam_rows6_vs_rows5_*", EXACT, "6-row (clutter) vs 5-row matrix: the same means"),
+    Check("metric", "*", EXACT_NAN, "IoU / F1 / precision / recall per class, mIoU, mF1, aAcc (Potsdam, absent "
+          "class, iSAID, model predictions)"),
+    # loss
+    Check("loss", "*_grad_*_logits", LOGIT_GRAD, "d loss / d decode and aux logits"),
+    Check("loss", "*.acc_seg", LOSS, "pixel accuracy the loss reports"),
+    Check("loss", "grad_global_norm", GRAD_NORM, "fp32 global gradient norm of the model", known="D11"),
+    Check("loss", "grad_rel_*", Tol(atol=1e-4), "fp32 parameter gradient / the reference tensor's max",
+          known="D11"),
+    Check("loss", "grad64_*", PARAM_GRAD64, "float64 parameter gradient, relative to the tensor's max", known="D8",
+          models=("upernet_swin_t",)),
+    Check("loss", "grad64_*", PARAM_GRAD64, "float64 parameter gradient, relative to the tensor's max"),
+    Check("loss", "*", LOSS, "decode CE + 0.4 aux CE: fixed logits (Potsdam, iSAID flavours), the model in train "
+          "mode (fp32, float64)"),
+    # backward
+    Check("backward", "probe_loss_per_step", STEP_LOSS, "probe network, free run: loss"),
+    Check("backward", "probe_lr_per_step", LR, "probe: LR per step"),
+    Check("backward", "probe_grad_norm_per_step", Tol(rtol=1e-5), "probe: gradient norm"),
+    Check("backward", "probe_params_after_steps", PARAM, "probe: parameters after the run (zero-gradient conv "
+          "bias excluded: D13)"),
+    Check("backward", "param_group_*", EXACT, "weight decay / LR multiplier of every parameter (and vs the mmcv "
+          "substring rule)"),
+    Check("backward", "lr_real_schedule_first_2000", LR, "the real 80k-iteration schedule, first 2000 LRs"),
+    Check("backward", "train_lr_per_step", LR, "full model, free run: LR per step"),
+    Check("backward", "train_loss_per_step", STEP_LOSS, "full model, free run from settled weights: loss"),
+] + step_checks("probe_step", fp64=False) \
+  + step_checks("step", fp64=False, known=dict.fromkeys(("loss", "grad_norm", "update", "optimizer_state"), "D11"),
+                models=("upernet_r50", "upernet_swin_t"), keys=("loss", "grad_norm", "update", "optimizer_state")) \
+  + step_checks("step", fp64=False, known=dict.fromkeys(("update", "optimizer_state"), "D11"),
+                models=("upernet_vitaev2_s",), keys=("update", "optimizer_state")) \
+  + step_checks("step", fp64=False, keys=CORE_STEP_KEYS) \
+  + step_checks("step64", fp64=True, known=dict.fromkeys(("update", "optimizer_state"), "D8"),
+                models=("upernet_swin_t",), keys=("update", "optimizer_state")) \
+  + step_checks("step64", fp64=True, keys=BN_STEP_KEYS) \
+  + step_checks("step64", fp64=True, models=("upernet_vitaev2_s",), keys=("zero_grad_params_gradient",))
+
+
 def load_recipe(model_name, dataset="potsdam"):
     """``optimizer`` / ``lr_scheduler`` / ``loss`` sections of ``configs/<model>/<dataset>.yaml``."""
     from paddle_rs.engine.config import load_config
@@ -112,40 +169,6 @@ def compressed_schedule(sched, steps):
     if s.get("warmup_iters"):
         s["warmup_iters"] = max(1, steps // 2)
     return s
-
-
-def condition_weights(tm, seed, size):
-    """Well-conditioned "trained-like" weights for the torch reference (see the module docstring)."""
-    import torch
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in tm.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for m in tm.modules():
-            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-        for head in (tm.decode_head, tm.auxiliary_head):
-            w = head.conv_seg.weight
-            w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
-            head.conv_seg.bias.copy_(0.1 * torch.randn(head.conv_seg.bias.shape, generator=g))
-        for n, m in tm.backbone.named_modules():
-            if n.endswith(".bn3"):                 # ResNet Bottleneck: last BN of the residual branch
-                m.weight.mul_(0.2)
-        bns = [m for m in tm.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for m in bns:
-            m.momentum = None                      # cumulative average: one batch -> its statistics
-            m.reset_running_stats()
-        tm.train()
-        dtype = next(tm.parameters()).dtype
-        x = np.random.RandomState(seed + 100).randn(2, 3, size, size)
-        tm(torch.from_numpy(x).to(dtype))
-        for m in bns:
-            m.momentum = 0.1
-            m.running_var.clamp_(min=0.5 * float(m.running_var.median()))
-    tm.eval()
-    return tm
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,6 +208,7 @@ def mmseg_metrics(preds, labels, num_rows, ignore_index):
 class UperNetCase(ParityCase):
     family = "upernet"
     default_models = MODELS
+    CHECKS = CHECKS
     num_classes = NUM_CLASSES
 
     def __init__(self, model_name, size=None, **kw):
@@ -224,49 +248,25 @@ class UperNetCase(ParityCase):
         recipe["loss"]["return_dict"] = False            # the training loop backpropagates one tensor
         return recipe
 
+    def condition(self, tm):
+        return condition_weights(tm, self.seed + 1, min(self.size, 128),
+                                 classifiers=(tm.decode_head.conv_seg, tm.auxiliary_head.conv_seg))
+
     def settled_state(self):
         """The conditioned reference after :data:`SETTLE_STEPS` iterations of the recipe (torch fp32, train mode,
-        the training batch): ``(state_dict, losses)``, computed once per case. See the module docstring."""
+        the training batch): ``(state_dict, losses, optimizer_state)``, computed once per case. See the module
+        docstring."""
         if self._settled is None:
-            import torch
-
-            import torch_ref
-            from align.training import train_pair
-            torch.manual_seed(self.seed)
-            tm = torch_ref.build_model(self.name, **self.parity_overrides())
-            condition_weights(tm, self.seed + 1, min(self.size, 128))
-            tm.train()
-            x, y = self.train_batch()
-            r = train_pair(tm, None, self.train_recipe(SETTLE_STEPS), x, y, SETTLE_STEPS, torch_only=True)
-            self._settled = ({k: v.detach().clone() for k, v in tm.state_dict().items()}, r["t"]["loss"])
+            self._settled = self.settle(self.condition, self.train_recipe(SETTLE_STEPS), *self.train_batch(),
+                                        SETTLE_STEPS, **self.parity_overrides())
         return self._settled
 
     def build_pair(self, dtype="float32", settled=False, **overrides):
         """Conditioned torch reference (float32, or float64 with the same weights) and its Paddle conversion;
         ``settled``: from :meth:`settled_state` instead (rounded to float32 first, so both dtypes start equal)."""
-        import paddle
-        import torch
-
-        import paddle_rs
-        import torch_ref
-        from convert.api import copy_torch_to_paddle
-        kw = dict(self.parity_overrides(), **overrides)
-        torch.manual_seed(self.seed)
-        tm = torch_ref.build_model(self.name, **kw)
-        condition_weights(tm, self.seed + 1, min(self.size, 128))
-        if settled:
-            tm.load_state_dict(self.settled_state()[0])
-        if dtype == "float64":
-            tm = tm.double()
-        prev = paddle.get_default_dtype()
-        paddle.set_default_dtype(dtype)
-        try:
-            pm = paddle_rs.build_model(self.name, **kw)
-        finally:
-            paddle.set_default_dtype(prev)
-        copy_torch_to_paddle(tm, pm)
-        tm.eval(), pm.eval()
-        return tm, pm
+        state = self.settled_state()[0] if settled else None
+        return super().build_pair(dtype, prepare=self.condition, state=state,
+                                  **dict(self.parity_overrides(), **overrides))
 
     # -- benchmark hooks ----------------------------------------------------------------------------------------
     def bench_batch(self, batch):
@@ -298,6 +298,8 @@ class UperNetCase(ParityCase):
     def forward(self, log):
         import paddle
         import torch
+
+        from align.training import bn_forward_gaps
         tm, pm = self.build_pair()
         tx, px = self.to_torch(self.x), self.to_paddle(self.x)
         with torch.no_grad():
@@ -309,36 +311,39 @@ class UperNetCase(ParityCase):
             phead = (pm.decode_head(pfeats), pm.auxiliary_head(pfeats))
             pout = pm(px)
         for i, (a, b) in enumerate(zip(tfeats, pfeats)):
-            log.add(f"eval_backbone_out{i}", a, b, FEAT)
-        log.add("eval_decode_logits_s4", thead[0], phead[0], HEAD)
-        log.add("eval_aux_logits_s16", thead[1], phead[1], HEAD)
-        log.add("eval_logits", tout, pout, LOGIT)
+            log.add(f"eval_backbone_out{i}", a, b)
+        log.add("eval_decode_logits_s4", thead[0], phead[0])
+        log.add("eval_aux_logits_s16", thead[1], phead[1])
+        log.add("eval_logits", tout, pout)
         # the reference's own fp32 rounding on these logits: torch fp32 vs torch fp64 (same weights)
         tm64, pm64 = self.build_pair(dtype="float64")
         with torch.no_grad():
             t64 = tm64(tx.double()).numpy()
         with paddle.no_grad():
             p64 = pm64(px.astype("float64")).numpy()
-        log.add("eval_logits_fp64", t64, p64, FP64, known="D8")
+        log.add("eval_logits_fp64", t64, p64)
         gap_ref = float(np.abs(tout.numpy().astype(np.float64) - t64).max())
         gap_port = float(np.abs(pout.numpy().astype(np.float64) - t64).max())
         log.notes.append(f"eval logits vs torch fp64: torch fp32 {gap_ref:.2e}, paddle fp32 {gap_port:.2e} "
                          f"(max |logit| {float(np.abs(t64).max()):.1f})")
         # train mode: (decode at H/4, aux at H/16); drop path / dropout are 0, BN uses batch statistics
         tm.train(), pm.train()
-        with torch.no_grad():
-            td, ta = tm(tx)
-        with paddle.no_grad():
-            pd_, pa = pm(px)
-        log.add("train_decode_logits", td, pd_, HEAD)
-        log.add("train_aux_logits", ta, pa, HEAD)
+        with bn_forward_gaps(tm, pm) as bn:
+            with torch.no_grad():
+                td, ta = tm(tx)
+            with paddle.no_grad():
+                pd_, pa = pm(px)
+        log.add("train_decode_logits", td, pd_)
+        log.add("train_aux_logits", ta, pa)
+        log.add_gap("train_bn_running_mean", bn.mean, bn.names)
+        log.add_gap("train_bn_running_var_d1", bn.var, bn.names)
         tm64.train(), pm64.train()
         with torch.no_grad():
             td64, ta64 = tm64(tx.double())
         with paddle.no_grad():
             pd64, pa64 = pm64(px.astype("float64"))
-        log.add("train_decode_logits_fp64", td64, pd64, FP64, known="D8")
-        log.add("train_aux_logits_fp64", ta64, pa64, FP64, known="D8")
+        log.add("train_decode_logits_fp64", td64, pd64)
+        log.add("train_aux_logits_fp64", ta64, pa64)
         gap_ref = float(np.abs(td.numpy().astype(np.float64) - td64.numpy()).max())
         gap_port = float(np.abs(pd_.numpy().astype(np.float64) - td64.numpy()).max())
         log.notes.append(f"train decode logits vs torch fp64: torch fp32 {gap_ref:.2e}, paddle fp32 {gap_port:.2e}")
@@ -354,10 +359,10 @@ class UperNetCase(ParityCase):
             p.update(pred[i], label[i])
         rt, rp = t.compute(), p.compute()
         for k in keys:
-            log.add(f"{prefix}_{k}", rt[k], rp[k], EXACT_NAN)
+            log.add(f"{prefix}_{k}", rt[k], rp[k])
         ref = mmseg_metrics(pred, label, rows, ignore)
         for k in ("iou", "f1", "miou", "mf1"):            # independent mmseg transcription vs the port
-            log.add(f"{prefix}_{k}_mmseg_numpy_vs_paddle", ref[k], rp[k], Tol(rtol=1e-15, allow_nan=True))
+            log.add(f"{prefix}_{k}_mmseg_numpy_vs_paddle", ref[k], rp[k])
         return rt, rp
 
     def metric(self, log):
@@ -377,7 +382,7 @@ class UperNetCase(ParityCase):
             p5.update(pred[i], y[i])
         r5 = p5.compute()
         for k in ("miou", "mf1", "acc"):
-            log.add(f"potsdam_rows6_vs_rows5_{k}", rp6[k], r5[k], EXACT)
+            log.add(f"potsdam_rows6_vs_rows5_{k}", rp6[k], r5[k])
         # a class absent from GT and predictions (2): NaN in every per-class metric, excluded
         y2, pred2 = y.copy(), pred.copy()
         y2[y2 == 2], pred2[pred2 == 2] = 0, 0
@@ -392,17 +397,23 @@ class UperNetCase(ParityCase):
         # each framework's own model predictions (eval forward)
         import paddle
         import torch
+        # (pixels where the reference's two best logits lie within the logit tolerance are left out: either class
+        # may win there by rounding, align/harness.py near_ties)
         tm, pm = self.build_pair()
         with torch.no_grad():
-            tpred = tm(self.to_torch(self.x)).argmax(1).numpy()
+            tlogits = tm(self.to_torch(self.x)).numpy()
         with paddle.no_grad():
             ppred = pm(self.to_paddle(self.x)).argmax(1).numpy()
+        tpred, y = tlogits.argmax(1), self.y.copy()
+        near = near_ties(tlogits, LOGIT)
+        y[near] = IGNORE
         from torch_ref.metrics.segmentation import SegMetric as TMetric
         t, p = TMetric(METRIC_ROWS, IGNORE, "nanmean"), PMetric(METRIC_ROWS, IGNORE, "nanmean")
-        t.update(tpred, self.y), p.update(ppred, self.y)
+        t.update(tpred, y), p.update(ppred, y)
+        log.notes.append(f"model predictions: {int(near.sum())} near-tie pixel(s) of {near.size} left out")
         rt, rp = t.compute(), p.compute()
         for k in ("iou", "f1", "miou", "mf1"):
-            log.add(f"model_pred_{k}", rt[k], rp[k], EXACT_NAN)
+            log.add(f"model_pred_{k}", rt[k], rp[k])
 
     # -- loss ---------------------------------------------------------------------------------------------------
     def _loss_on_logits(self, log, prefix, n_cls, ignore, y):
@@ -425,12 +436,12 @@ class UperNetCase(ParityCase):
         tt, pt = t_total(to), p_total(po)
         tt.backward(), pt.backward()
         for k in ("decode.loss_ce", "aux.loss_ce"):
-            log.add(f"{prefix}_{k}", to[k], po[k], LOSS)
-        log.add(f"{prefix}_total", tt, pt, LOSS)
+            log.add(f"{prefix}_{k}", to[k], po[k])
+        log.add(f"{prefix}_total", tt, pt)
         for k in ("decode.acc_seg", "aux.acc_seg"):
-            log.add(f"{prefix}_{k}", to[k], po[k], LOSS)
-        log.add(f"{prefix}_grad_decode_logits", td.grad, pd_.grad, LOGIT_GRAD)
-        log.add(f"{prefix}_grad_aux_logits", ta.grad, pa.grad, LOGIT_GRAD)
+            log.add(f"{prefix}_{k}", to[k], po[k])
+        log.add(f"{prefix}_grad_decode_logits", td.grad, pd_.grad)
+        log.add(f"{prefix}_grad_aux_logits", ta.grad, pa.grad)
         return float(tt)
 
     def _model_grads(self, dtype):
@@ -481,18 +492,18 @@ class UperNetCase(ParityCase):
         keys = GRAD_KEYS[self.name] + HEAD_GRAD_KEYS
         r = self._model_grads("float32")
         for k in ("decode.loss_ce", "aux.loss_ce"):
-            log.add(f"model_{k}", r["t_out"][k], r["p_out"][k], LOSS)
-        log.add("model_total_loss", r["t_total"], r["p_total"], LOSS)
+            log.add(f"model_{k}", r["t_out"][k], r["p_out"][k])
+        log.add("model_total_loss", r["t_total"], r["p_total"])
         norm = [float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in d.values())))
                 for d in (r["tg"], r["pg"])]
-        log.add("grad_global_norm", np.array(norm[:1]), np.array(norm[1:]), GRAD_NORM, known="D11")
+        log.add("grad_global_norm", np.array(norm[:1]), np.array(norm[1:]))
         for name in keys:
             s = float(np.abs(r["tg"][name]).max())
-            log.add(f"grad_rel_{name}", r["tg"][name] / s, r["pg"][name] / s, Tol(atol=1e-4), known="D11")
+            log.add(f"grad_rel_{name}", r["tg"][name] / s, r["pg"][name] / s)
         r64 = self._model_grads("float64")
-        log.add("model_total_loss_fp64", r64["t_total"], r64["p_total"], LOSS)
+        log.add("model_total_loss_fp64", r64["t_total"], r64["p_total"])
         for name in keys:
-            log.add(f"grad64_{name}", r64["tg"][name], r64["pg"][name], PARAM_GRAD)
+            log.add(f"grad64_{name}", r64["tg"][name], r64["pg"][name])
         # the reference's own fp32 noise on these gradients (same weights, torch fp64 as the truth)
         gap_t = max(float(np.abs(r["tg"][n] - r64["tg"][n]).max() / np.abs(r64["tg"][n]).max()) for n in keys)
         gap_p = max(float(np.abs(r["pg"][n] - r64["tg"][n]).max() / np.abs(r64["tg"][n]).max()) for n in keys)
@@ -530,110 +541,95 @@ class UperNetCase(ParityCase):
 
         * ``probe_*``: the recipe (optimizer, weight decay and its per-group multipliers, schedule with warm-up,
           UperNetLoss with its resize to the label size) on the small well-conditioned probe network
-          (align/probe.py), strictly; for AdamW an extra no-decay key (``heads.0``) makes the probe exercise the
-          per-group weight decay as the real ``norm`` / bias-table groups do on the model;
-        * ``param_group_*``: weight decay and LR multiplier of every parameter of the full model, both
-          frameworks and the mmcv substring rule, exact;
+          (align/probe.py): a free run and the per-step comparison; for AdamW an extra no-decay key (``heads.0``)
+          makes the probe exercise the per-group weight decay as the real ``norm`` / bias-table groups do;
+        * ``param_group_*``: weight decay and LR multiplier of every parameter of the full model, both frameworks
+          and the mmcv substring rule, exact;
         * ``lr_real_schedule_first_2000``: the real 80k-iteration schedule;
-        * ``train_*``: the full model from the settled weights (:meth:`settled_state`) on the training batch
-          (:data:`TRAIN_BATCH` images): LR, loss, gradient norm per step and the parameters after the steps,
-          strictly; ``train64_*``: the same in float64 (the reference's own fp32 noise floor is printed).
+        * ``step_*`` / ``step64_*``: the per-step comparison (align/training.py) of the full model from the settled
+          weights and optimizer state (:meth:`settled_state`) on the training batch (:data:`TRAIN_BATCH` images),
+          fp32 with BatchNorm on its running statistics (D11) and float64 fully in train mode, where the biases
+          whose exact gradient is 0 (convolutions before train-mode BatchNorm, D13) are compared with the
+          reference's gradients only;
+        * ``train_*``: a free run of both frameworks from the same settled weights and optimizer state: LR and loss
+          per step (the reference's own fp32-vs-fp64 gap is printed).
         """
-        from align.probe import run_probe
-        from align.training import train_pair
+        from align.probe import _torch_probe, run_probe, run_probe_steps
+        from align.training import batchnorm_eval, log_step_records, step_pair, train_pair
         recipe = self.train_recipe(self.steps)
         probe_recipe = copy.deepcopy(recipe)
         pw = probe_recipe["optimizer"].get("paramwise")
         if pw:
             pw["custom_keys"] = dict(pw["custom_keys"], **{"heads.0": {"decay_mult": 0.0}})
         s = self.size
-        r = run_probe(probe_recipe, self.x[:, :, ::4, ::4].copy(), self.y, heads=(NUM_CLASSES, NUM_CLASSES),
-                      steps=self.steps, seed=self.seed)
+        px = self.x[:, :, ::4, ::4].copy()
+        r = run_probe(probe_recipe, px, self.y, heads=(NUM_CLASSES, NUM_CLASSES), steps=self.steps, seed=self.seed)
         t, p = r["t"], r["p"]
-        log.add("probe_loss_per_step", t["loss"], p["loss"], STEP_LOSS)
-        log.add("probe_lr_per_step", t["lr"], p["lr"], LR)
-        log.add("probe_grad_norm_per_step", t["grad_norm"], p["grad_norm"], Tol(rtol=1e-5))
-        # a parameter whose exact gradient is 0 (the probe's conv bias, followed by train-mode BatchNorm) is moved
-        # by AdamW's normalised step at +-lr from rounding noise, independently in each framework (D13)
-        from align.probe import _torch_probe
+        log.add("probe_loss_per_step", t["loss"], p["loss"])
+        log.add("probe_lr_per_step", t["lr"], p["lr"])
+        log.add("probe_grad_norm_per_step", t["grad_norm"], p["grad_norm"])
+        # the probe's conv bias (before train-mode BatchNorm) has an exactly-zero gradient: AdamW moves it by +-lr
+        # from rounding noise, independently per framework (D13); the per-step check compares it
         zero_grad = np.concatenate([np.full(q.numel(), n == "conv.bias") for n, q in
                                     _torch_probe(3, 8, (NUM_CLASSES, NUM_CLASSES)).named_parameters()])
-        log.add("probe_params_after_steps", r["t_params"][~zero_grad], r["p_params"][~zero_grad], PARAM)
-        log.add("probe_params_zero_grad_conv_bias", r["t_params"][zero_grad], r["p_params"][zero_grad], PARAM,
-                known="D13")
+        log.add("probe_params_after_steps", r["t_params"][~zero_grad], r["p_params"][~zero_grad])
         log.notes.append(f"probe: input {s // 4}x{s // 4} -> logits resized to the {s}x{s} labels; loss "
                          f"{t['loss'][0]:.4f} -> {t['loss'][-1]:.4f} over {self.steps} steps")
+        log_step_records(log, run_probe_steps(probe_recipe, px, self.y, heads=(NUM_CLASSES, NUM_CLASSES),
+                                              steps=self.steps, seed=self.seed), "probe_step")
 
         t_lr, p_lr = self.real_schedule_lrs()
-        log.add("lr_real_schedule_first_2000", t_lr, p_lr, LR)
+        log.add("lr_real_schedule_first_2000", t_lr, p_lr)
         x, y = self.train_batch()
         settle_losses = self.settled_state()[1]
+        steps64 = None
+        for dtype, prefix in (("float32", "step"), ("float64", "step64")):
+            tm, pm = self.build_pair(dtype=dtype, settled=True)
+            tm.train(), pm.train()
+            if dtype == "float32":      # BatchNorm on its running statistics (D11, align/training.py)
+                self._param_groups(log, tm, pm)
+                batchnorm_eval(tm, pm)
+            # a conv bias before BatchNorm has an exactly-zero gradient with batch statistics (D13), and AdamW's
+            # second moment from the settling steps (train mode) holds only rounding noise for it, so its update
+            # is ill-conditioned with running statistics too: compared with the reference's gradients only
+            rs = step_pair(tm, pm, recipe, x, y, self.steps, optimizer_state=self.settled_state()[2],
+                           noise_params=self.zero_grad_params(tm))
+            log_step_records(log, rs, prefix)
+            steps64 = rs if dtype == "float64" else steps64
+            del tm, pm
+        # free run from the settled weights
         tm, pm = self.build_pair(settled=True)
-        self._param_groups(log, tm, pm)
         tm.train(), pm.train()
-        r = train_pair(tm, pm, recipe, x, y, self.steps)
+        r = train_pair(tm, pm, recipe, x, y, self.steps, optimizer_state=self.settled_state()[2])
         t, p = r["t"], r["p"]
-        log.add("train_lr_per_step", t["lr"], p["lr"], LR)
-        # ViTAEv2-S: the reference's own fp32 loss moves by up to 2.1e-5 with the thread count or convolution
-        # backend (D14, align/reference_spread.py); R50 and Swin-T stay strict
-        log.add("train_loss_per_step", t["loss"], p["loss"], STEP_LOSS,
-                known="D14" if self.name == "upernet_vitaev2_s" else None)
-        # the fp32 gradients carry the reference's own rounding noise (D11), and so do their norm and the
-        # parameters they move (D12: the same size as torch fp32 vs torch fp64, printed below)
-        log.add("train_grad_norm_per_step", t["grad_norm"], p["grad_norm"], GRAD_NORM, known="D12")
-        t_params, p_params = self.trainable_params(tm, pm)
-        zero = self.zero_grad_params(tm)
-        log.add("train_params_after_steps", t_params[~zero], p_params[~zero], PARAM, known="D12")
-        if zero.any():
-            log.add("train_params_zero_grad_biases", t_params[zero], p_params[zero], PARAM, known="D13")
-        # float64, both frameworks from the same (float32-rounded) weights: the same checks without rounding noise;
-        # torch fp64 is also the reference's own noise floor for the fp32 run
-        tm64, pm64 = self.build_pair(dtype="float64", settled=True)
-        tm64.train(), pm64.train()
-        r64 = train_pair(tm64, pm64, recipe, x, y, self.steps)
-        t64, p64 = r64["t"], r64["p"]
-        log.add("train64_loss_per_step", t64["loss"], p64["loss"], Tol(rtol=1e-7))
-        # step 0 (same weights, same batch) strictly; later steps with GRAD_NORM, not tighter: a gradient jumps where
-        # a ReLU / max-pool decision flips, and Paddle's float32 interpolation weights (D8, ~1e-9) can flip one
-        # (R50, last step: 2.2e-5 relative; otherwise <= 1e-8)
-        log.add("train64_grad_norm_step0", t64["grad_norm"][:1], p64["grad_norm"][:1], Tol(rtol=1e-7))
-        log.add("train64_grad_norm_per_step", t64["grad_norm"], p64["grad_norm"], GRAD_NORM)
-        t64_params, p64_params = self.trainable_params(tm64, pm64)
-        log.add("train64_params_after_steps", t64_params[~zero], p64_params[~zero], Tol(atol=1e-7))
-        gap_ref = float(np.max(np.abs(t["loss"] - t64["loss"]) / np.abs(t64["loss"])))
+        log.add("train_lr_per_step", t["lr"], p["lr"])
+        log.add("train_loss_per_step", t["loss"], p["loss"])
+        t64 = steps64["loss_t"]           # the float64 reference's own free run from the same weights
+        gap_ref = float(np.max(np.abs(t["loss"] - t64) / np.abs(t64)))
         gap_port = float(np.max(np.abs(p["loss"] - t["loss"]) / np.abs(t["loss"])))
-        gap_p64 = float(np.max(np.abs(p["loss"] - t64["loss"]) / np.abs(t64["loss"])))
-        gn_ref = float(np.max(np.abs(t["grad_norm"] - t64["grad_norm"]) / t64["grad_norm"]))
-        gn_port = float(np.max(np.abs(p["grad_norm"] - t["grad_norm"]) / t["grad_norm"]))
+        gap_p64 = float(np.max(np.abs(p["loss"] - t64) / np.abs(t64)))
         log.notes.append(f"start: conditioned weights after {SETTLE_STEPS} recipe steps on the {TRAIN_BATCH}-image "
                          f"batch (loss {settle_losses[0]:.4f} -> {settle_losses[-1]:.4f})")
         log.notes.append(f"loss over {self.steps} steps (torch fp32): {' '.join(f'{v:.5f}' for v in t['loss'])}")
         log.notes.append(f"max relative loss gap over {self.steps} steps: paddle fp32 vs torch fp32 {gap_port:.2e}; "
                          f"torch fp32 vs torch fp64 {gap_ref:.2e} (the reference's own noise floor); paddle fp32 "
                          f"vs torch fp64 {gap_p64:.2e}")
-        log.notes.append(f"max relative gradient-norm gap: paddle fp32 vs torch fp32 {gn_port:.2e}; torch fp32 vs "
-                         f"torch fp64 {gn_ref:.2e}")
-        log.notes.append(f"parameters after {self.steps} steps: max |paddle - torch| "
-                         f"{float(np.abs(p_params - t_params)[~zero].max()):.2e}; max |torch fp32 - torch fp64| "
-                         f"{float(np.abs(t_params - t64_params)[~zero].max()):.2e}")
         log.notes.append(f"recipe: {recipe['optimizer']['type']} lr {recipe['optimizer']['lr']}, schedule "
-                         f"{recipe['lr_scheduler']} over {self.steps} steps; torch grad norm per step "
-                         f"{' '.join(f'{v:.3f}' for v in t['grad_norm'])}")
+                         f"{recipe['lr_scheduler']} over {self.steps} steps")
 
     @staticmethod
     def zero_grad_params(tm):
-        """Mask over :meth:`trainable_params` of the parameters whose exact gradient is 0: biases of convolutions
-        followed by train-mode BatchNorm (AdamW moves them by +-lr from rounding noise: D13)."""
+        """Torch names of the parameters whose exact gradient is 0: biases of convolutions followed by train-mode
+        BatchNorm (AdamW moves them by +-lr from rounding noise: D13)."""
         import torch
-        prev, masks = None, {}
+        prev, names = None, []
         for name, m in tm.named_modules():
             if isinstance(m, torch.nn.BatchNorm2d) and isinstance(prev[1] if prev else None, torch.nn.Conv2d) \
                     and prev[1].bias is not None:
-                masks[prev[0] + ".bias"] = True
+                names.append(prev[0] + ".bias")
             if not list(m.children()):
                 prev = (name, m)
-        names = [n for n, q in tm.named_parameters() if q.requires_grad]
-        return np.concatenate([np.full(tm.get_parameter(n).numel(), masks.get(n, False)) for n in names])
+        return names
 
     def _param_groups(self, log, tm, pm):
         from paddle_rs.engine.optim import param_groups as p_groups
@@ -650,10 +646,9 @@ class UperNetCase(ParityCase):
                                                               for k, m in keys.items() if k in n), 1.0)
                 for n in names]
         log.add("param_group_weight_decay", np.array([t[n][0] for n in names]),
-                np.array([p[n][0] for n in names]), EXACT)
-        log.add("param_group_lr_mult", np.array([t[n][1] for n in names]), np.array([p[n][1] for n in names]),
-                EXACT)
-        log.add("param_group_weight_decay_vs_mmcv_rule", np.array(rule), np.array([p[n][0] for n in names]), EXACT)
+                np.array([p[n][0] for n in names]))
+        log.add("param_group_lr_mult", np.array([t[n][1] for n in names]), np.array([p[n][1] for n in names]))
+        log.add("param_group_weight_decay_vs_mmcv_rule", np.array(rule), np.array([p[n][0] for n in names]))
         log.notes.append(f"{sum(v == 0.0 for v in rule)} of {len(names)} trainable parameters without weight decay")
 
 
