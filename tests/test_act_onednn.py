@@ -7,11 +7,12 @@ import paddle.nn.functional as F
 import pytest
 import torch
 
+from conftest import paddle_defect
 from paddle_rs.ops import act
 from paddle_rs.ops import _dygraph_ext
 from paddle_rs.ops._dygraph_ext import dygraph_ext
 
-pytestmark = pytest.mark.skipif(dygraph_ext() is None, reason="dygraph ops extension unavailable")
+pytestmark = pytest.mark.requires(dygraph_ext() is not None, "dygraph ops extension unavailable (no compiler?)")
 
 
 def _run(fn, inputs, gy):
@@ -124,23 +125,31 @@ def test_paddle_grad_wrt_a_subset():
     assert g.shape == xs.shape
 
 
-def test_layer_norm_input_gradient_with_frozen_weight():
-    """Paddle 3.3.1's own CPU layer_norm drops the weight from the input gradient whenever the weight's gradient
-    is not computed (a frozen weight, or paddle.grad w.r.t. the input): it returns the gradient for weight = 1.
-    The oneDNN path does not; this test also reports when Paddle's kernel gets fixed (then the README note on
-    it goes)."""
+def _frozen_weight_input_grad(fn):
+    """Input gradient of ``fn`` (a layer_norm) with the weight and bias frozen, and torch's."""
     rng = np.random.default_rng(4)
     x, w, b = (paddle.to_tensor(rng.standard_normal(s).astype("float32")) for s in ((2, 5, 96), (96,), (96,)))
     gy = paddle.to_tensor(rng.standard_normal((2, 5, 96)).astype("float32"))
     want = _torch_layer_norm_grads(x, w, b, gy, 1e-6)[0]
-    got = {}
-    for name, fn in (("ours", act.layer_norm), ("paddle", F.layer_norm)):
-        xs = x.detach()
-        xs.stop_gradient = False
-        fn(xs, 96, w, b, 1e-6).backward(gy)                  # w, b: stop_gradient=True (frozen)
-        got[name] = xs.grad.numpy()
-    np.testing.assert_allclose(got["ours"], want, rtol=1e-5, atol=1e-5)
-    assert np.abs(got["paddle"] - want).max() > 1e-2, "Paddle's layer_norm kernel is fixed: update the README"
+    xs = x.detach()
+    xs.stop_gradient = False
+    fn(xs, 96, w, b, 1e-6).backward(gy)                  # w, b: stop_gradient=True (frozen)
+    return xs.grad.numpy(), want
+
+
+def test_layer_norm_input_gradient_with_frozen_weight():
+    """The oneDNN path computes the input gradient with the weight also when the weight is frozen."""
+    got, want = _frozen_weight_input_grad(act.layer_norm)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@paddle_defect("its CPU layer_norm drops the weight from the input gradient whenever the weight's gradient is not "
+               "computed (a frozen weight, or paddle.grad w.r.t. the input alone), returning the gradient for "
+               "weight = 1", "the README note on frozen LayerNorm weights and tests/test_rsmamba.py's requirement "
+               "of the dygraph ops")
+def test_paddle_layer_norm_input_gradient_with_frozen_weight():
+    got, want = _frozen_weight_input_grad(F.layer_norm)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fast_path_taken_and_fallbacks(monkeypatch, ext_calls):

@@ -1,4 +1,4 @@
-"""The align scripts end to end: exit status, files, and a planted port bug is caught."""
+"""The align scripts end to end: exit status, files, and a planted port bug is caught by the key that shows it."""
 import json
 import os
 import subprocess
@@ -29,7 +29,9 @@ def test_metric_and_loss_scripts_pass_and_write_reprod_logs(tmp_path):
 
 
 def test_planted_bug_fails_the_forward_stage(tmp_path, monkeypatch, capsys):
-    """A port whose classifier bias is off by 1e-3 must fail forward parity with a non-zero exit."""
+    """A port whose fg classifier bias is off by 1e-3 for one class fails exactly the keys downstream of that bias
+    (the fg logits and the CP probabilities), with a non-zero exit; the encoder features and the bi logits still
+    pass. (The same offset on every class would leave the probabilities unchanged.)"""
     import convert.api as api
     from align import cli
 
@@ -37,7 +39,9 @@ def test_planted_bug_fails_the_forward_stage(tmp_path, monkeypatch, capsys):
 
     def buggy(tm, pm):
         report = real(tm, pm)
-        pm.fg_cls.bias.set_value(pm.fg_cls.bias.numpy() + np.float32(1e-3))
+        bias = pm.fg_cls.bias.numpy().copy()
+        bias[3] += np.asarray(1e-3, bias.dtype)
+        pm.fg_cls.bias.set_value(bias)
         return report
 
     monkeypatch.setattr(api, "copy_torch_to_paddle", buggy)
@@ -45,8 +49,12 @@ def test_planted_bug_fails_the_forward_stage(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main("forward", "test")
     assert e.value.code == 1
-    out = capsys.readouterr().out
-    assert "eval_fg_logits" in out and "FAIL" in out
+    report = json.loads((tmp_path / "factseg" / "forward_strict.json").read_text())
+    failing = {r["key"] for r in report["results"] if r["status"] == "FAIL"}
+    assert failing == {"eval_fg_logits", "eval_cp_prob", "train_fg_logits", "train_fg_logits_fp64"}, failing
+    assert {"eval_c2", "eval_c5", "eval_bi_logits", "train_bi_logits"} <= \
+        {r["key"] for r in report["results"] if r["status"] == "PASS"}
+    assert "4 failed" in capsys.readouterr().out
 
 
 def test_unknown_model_is_an_error(tmp_path):

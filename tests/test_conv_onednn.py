@@ -14,14 +14,14 @@ import paddle.nn.functional as F
 import pytest
 import torch
 
+from conftest import require
 from paddle_rs.ops import conv
 
 
 @pytest.fixture(scope="module")
 def ext():
     m = conv.onednn_ext()
-    if m is None:
-        pytest.skip("oneDNN conv2d extension unavailable (no compiler or no oneDNN headers?)")
+    require(m is not None, "oneDNN conv2d extension unavailable (no compiler or no oneDNN headers?)")
     return m
 
 

@@ -22,11 +22,10 @@ from paddle_rs.data.transforms import (AutoAugment, CenterCrop, Compose, FixedPa
                                        RandomResize, RandomResizedCrop, RandomRotate90, RandomVerticalFlip,
                                        Resize, ResizeEdge, ToCHW, build_transforms, resize_image)
 
+from conftest import HAVE_NWPU, NWPU, NWPU_REASON
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("PADDLE_RS_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data"))
-NWPU = os.path.join(SHARED, "nwpu_vhr10_mini")
-needs_nwpu = pytest.mark.skipif(not os.path.isfile(os.path.join(NWPU, "annotations", "val.json")),
-                                reason=f"shared data absent: {NWPU} (set PADDLE_RS_SHARED_DATA)")
+needs_nwpu = pytest.mark.requires(HAVE_NWPU, NWPU_REASON)
 
 IMAGENET_NORM = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], min_val=[0, 0, 0],
                      max_val=[255, 255, 255])
@@ -228,7 +227,7 @@ def test_masks_read_write(tmp_path):
 
 
 def test_write_geotiff_keeps_georeferencing(tmp_path):
-    rasterio = pytest.importorskip("rasterio")
+    import rasterio
     from rasterio.transform import from_origin
 
     tf = from_origin(500000, 4000000, 0.5, 0.5)

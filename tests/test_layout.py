@@ -7,7 +7,7 @@ import pytest
 from paddle_rs.ops import _dygraph_ext, layout
 from paddle_rs.ops._dygraph_ext import dygraph_ext, set_static_ops
 
-pytestmark = pytest.mark.skipif(dygraph_ext() is None, reason="dygraph ops extension unavailable")
+pytestmark = pytest.mark.requires(dygraph_ext() is not None, "dygraph ops extension unavailable (no compiler?)")
 
 CASES = [((2, 3, 4), (2, 0, 1)),
          ((1, 5, 2, 5, 2, 3), (0, 1, 3, 2, 4, 5)),      # Swin window partition: the last axis stays last

@@ -156,7 +156,7 @@ def test_linear_and_broadcast_add_support_partial_gradients():
     np.testing.assert_allclose(gb.numpy(), np.full(4, 5.0), rtol=1e-6)
 
 
-@pytest.mark.skipif(dygraph_ext() is None, reason="dygraph ops extension unavailable")
+@pytest.mark.requires(dygraph_ext() is not None, "dygraph ops extension unavailable (no compiler?)")
 def test_linear_training_path_matches_torch_bias_gradient_bit_for_bit(monkeypatch):
     """Training (input, weight, bias all requiring gradients) goes through rs_linear; its bias gradient sums the
     rows in torch's cascade order: the same bits as torch for 64-column blocks, and closer to float64 than

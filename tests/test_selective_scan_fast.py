@@ -9,14 +9,14 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import require
 from paddle_rs.ops import selective_scan as ps
 
 
 @pytest.fixture(scope="module")
 def ext():
     m = ps.fused_ext()
-    if m is None:
-        pytest.skip("fused selective-scan extension unavailable (no compiler?)")
+    require(m is not None, "fused selective-scan extension unavailable (no compiler?)")
     return m
 
 

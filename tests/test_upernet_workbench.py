@@ -13,14 +13,15 @@ import os
 import sys
 
 import numpy as np
+from conftest import assert_same_argmax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-paddle = pytest.importorskip("paddle")
-torch = pytest.importorskip("torch")
+import paddle
+import torch
 
 import paddle_rs  # noqa: E402
 import torch_ref  # noqa: E402
@@ -489,7 +490,7 @@ def test_align_case_registered_with_the_configs_recipe():
         assert case.recipe["optimizer"] == _cfg(name, "potsdam")["optimizer"]
         assert case.recipe["loss"]["ignore_index"] == 5 and (case.y == 5).any()
     from align.known_divergences import KNOWN
-    assert {"D11", "D12", "D13"} <= set(KNOWN) and {"D1", "D4", "D7", "D8", "D9", "D10"} <= set(KNOWN)
+    assert {"D1", "D8", "D11", "D13"} <= set(KNOWN)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -530,14 +531,15 @@ def test_export_and_paddle_inference(name, tmp_path):
     from paddle_rs.deploy.predictor import Predictor
     from paddle_rs.ops._dygraph_ext import dygraph_ext
     from paddle_rs.ops.conv import onednn_ext
-    from align.cases.upernet import condition_weights
+    from align.weights import condition_weights
     from convert.api import copy_torch_to_paddle
     # conditioned weights (as the parity checks use): a plain random-init ResNet-50 amplifies fp32 rounding
     # through its blocks, so the oneDNN predictor's fused conv+BN would drift from dygraph by ~1e-4 on the
     # scores (measured up to 1.06e-4, varying from run to run) and the check would measure the random network
     torch.manual_seed(0)
     pm = _small(name, paddle_rs)
-    copy_torch_to_paddle(condition_weights(_small(name, torch_ref), 1, 96), pm)
+    tm = _small(name, torch_ref)
+    copy_torch_to_paddle(condition_weights(tm, 1, 96, (tm.decode_head.conv_seg, tm.auxiliary_head.conv_seg)), pm)
     pm.eval()
     fixed = name != "upernet_r50"
     custom = fixed and onednn_ext() is not None
@@ -566,4 +568,5 @@ def test_export_and_paddle_inference(name, tmp_path):
                 ref = paddle.nn.functional.softmax(pm(paddle.to_tensor(x)), axis=1).numpy()
             label, score = pred.run_batch(x)
             assert np.abs(score.transpose(0, 3, 1, 2) - ref).max() <= 1e-4
-            assert np.array_equal(np.asarray(label), ref.argmax(1))
+            assert np.array_equal(np.asarray(label), score.argmax(-1))
+            assert_same_argmax(ref, score.transpose(0, 3, 1, 2), 1e-4)
