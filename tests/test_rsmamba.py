@@ -328,8 +328,10 @@ def test_tiny_model_train_step_grads():
 def test_input_gradient_with_frozen_parameters():
     """The README's recipe for an input-gradient (saliency) map: freeze the parameters, paddle.grad w.r.t. the
     image. Paddle 3.3.1's own layer_norm drops the (perturbed) LayerNorm weights from the input gradient when
-    they are frozen (57 % off torch on rsmamba_b); the model's LayerNorms (paddle_rs.ops.act) must not."""
+    they are frozen (57 % off torch on rsmamba_b); the accelerator's LayerNorm (paddle_rs.accelerate) must not."""
+    from paddle_rs import accelerate
     tm, pm = _pair(TRSMamba, PRSMamba, arch=TINY, img_size=32, num_classes=5)
+    accelerate(pm)
     perms = t_make_perms(2, 16, 11)
     x = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype("float32")
     xt = torch.from_numpy(x).requires_grad_()

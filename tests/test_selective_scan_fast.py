@@ -36,7 +36,7 @@ def _inputs(b, l, d, n=16, seed=0, scale=1.0):
 
 def _run(arrs, gout, present, **kw):
     ts = {k: paddle.to_tensor(v, stop_gradient=False) if k in present else None for k, v in arrs.items()}
-    y = ps.selective_scan_blc(**ts, **kw)
+    y = ps.selective_scan_blc(**ts, fused=True, **kw)
     grads = paddle.grad([y], [ts[k] for k in present], [paddle.to_tensor(gout)])
     return y.numpy(), {k: g.numpy() for k, g in zip(present, grads)}
 
@@ -65,12 +65,12 @@ def test_fused_no_grad_and_frozen_inputs(ext, monkeypatch):
     arrs = _inputs(2, 50, 48)
     ts = {k: paddle.to_tensor(v) for k, v in arrs.items()}
     with paddle.no_grad():
-        y_ng = ps.selective_scan_blc(**ts, delta_softplus=True).numpy()
+        y_ng = ps.selective_scan_blc(**ts, delta_softplus=True, fused=True).numpy()
     ts["u"].stop_gradient = False                    # only u trainable: other grads are None
-    y = ps.selective_scan_blc(**ts, delta_softplus=True)
+    y = ps.selective_scan_blc(**ts, delta_softplus=True, fused=True)
     (gu,) = paddle.grad([y.sum()], [ts["u"]])
     monkeypatch.setitem(ps._EXT_STATE, "module", None)
-    y_p = ps.selective_scan_blc(**ts, delta_softplus=True)
+    y_p = ps.selective_scan_blc(**ts, delta_softplus=True, fused=True)
     (gu_p,) = paddle.grad([y_p.sum()], [ts["u"]])
     np.testing.assert_array_equal(y_ng, y.numpy())
     np.testing.assert_allclose(y.numpy(), y_p.numpy(), rtol=0, atol=2e-5 * np.abs(y_p.numpy()).max())
@@ -92,9 +92,10 @@ def test_fused_extreme_delta(ext, monkeypatch):
 
 def test_float64_and_fallback_use_pure_path(pure):
     arrs = _inputs(1, 20, 8)
-    y = ps.selective_scan_blc(**{k: paddle.to_tensor(v) for k, v in arrs.items()}, delta_softplus=True)
+    y = ps.selective_scan_blc(**{k: paddle.to_tensor(v) for k, v in arrs.items()}, delta_softplus=True,
+                              fused=True)
     y64 = ps.selective_scan_blc(**{k: paddle.to_tensor(v.astype("float64")) for k, v in arrs.items()},
-                                delta_softplus=True)
+                                delta_softplus=True, fused=True)
     assert y64.dtype == paddle.float64
     np.testing.assert_allclose(y.numpy(), y64.numpy(), rtol=0, atol=1e-4)
 
@@ -107,8 +108,25 @@ def test_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
         assert ps.fused_ext() is None
     assert ps.fused_ext() is None                 # reported once, then cached
     arrs = _inputs(1, 12, 8)
-    y = ps.selective_scan_blc(**{k: paddle.to_tensor(v) for k, v in arrs.items()}, delta_softplus=True)
+    y = ps.selective_scan_blc(**{k: paddle.to_tensor(v) for k, v in arrs.items()}, delta_softplus=True,
+                              fused=True)
     assert y.shape == [1, 12, 8]
+
+
+def test_default_is_the_portable_scan(monkeypatch):
+    """Without ``fused=True`` (the plain model; paddle_rs.accelerate sets it per mixer) the extension is not
+    touched, even where it is available."""
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the fused extension was used ({name}) without fused=True")
+    monkeypatch.setitem(ps._EXT_STATE, "module", Untouchable())
+    arrs = _inputs(2, 20, 8)
+    ts = {k: paddle.to_tensor(v) for k, v in arrs.items()}
+    ts["u"].stop_gradient = False
+    y = ps.selective_scan_blc(**ts, delta_softplus=True)
+    paddle.grad([y.sum()], [ts["u"]])
+    with paddle.no_grad():
+        ps.selective_scan_blc(**ts, delta_softplus=True)
 
 
 def test_disabled_by_env(monkeypatch):
@@ -135,10 +153,13 @@ def test_export_dynamic_length(ext, tmp_path, backend):
     paddle.seed(0)
     mixer = MambaMixer(32, 64, chunk_size=8)
     mixer.eval()
+    mixer.fused_scan = backend == "fused"
     spec = [paddle.static.InputSpec([None, None, 32], "float32", "hidden")]
     prev = ps.set_static_scan(backend)
     try:
-        static = paddle.jit.to_static(MambaMixer(32, 64, chunk_size=8), input_spec=spec, full_graph=True)
+        traced = MambaMixer(32, 64, chunk_size=8)
+        traced.fused_scan = backend == "fused"          # as paddle_rs.accelerate sets it
+        static = paddle.jit.to_static(traced, input_spec=spec, full_graph=True)
         static.set_state_dict(mixer.state_dict())
         prefix = str(tmp_path / "mixer")
         paddle.jit.save(static, prefix)

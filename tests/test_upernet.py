@@ -419,8 +419,8 @@ def test_swin_shifted_window_mask_with_padding():
         assert (blk(xin, H, W, mask) - blk(xin, H, W, torch.zeros_like(mask))).abs().max() > 1e-3
 
 
-def test_drop_path_switch_and_dense_permute():
-    """Drop path is active only in train mode (both frameworks); Paddle's dense ``permute`` == transpose."""
+def test_drop_path_switch():
+    """Drop path is active only in train mode (both frameworks)."""
     from paddle_rs.models.backbones import swin as p_swin
     from torch_ref.models.backbones import swin as t_swin
 
@@ -435,9 +435,6 @@ def test_drop_path_switch_and_dense_permute():
         assert np.abs(run(m) - run(m)).max() > 0
         m.eval()
         assert np.array_equal(run(m), run(m))
-    t = paddle.to_tensor(_x(2, 3, 4, 5, 6, 7, seed=8))
-    for perm in ([0, 1, 3, 2, 4, 5], [2, 0, 3, 1, 4, 5], [5, 4, 3, 2, 1, 0]):
-        np.testing.assert_array_equal(p_swin.permute(t, perm).numpy(), np.transpose(t.numpy(), perm))
 
 
 # ---------------------------------------------------------------------------------------------------------

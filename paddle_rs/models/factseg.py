@@ -12,10 +12,6 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..ops.act import softmax
-from ..ops.conv import Conv2D
-from ..ops.elementwise import broadcast_div, broadcast_mul
-from ..ops.resize import interpolate
 from ..registry import register_model
 from . import init
 from .backbones.resnet import ResNet
@@ -24,12 +20,11 @@ from .necks.fpn import FPN
 
 
 def cp_fuse(fg_logits, bi_logits):
-    """Collaborative-probability fusion (factseg.md §2.7), keepdim normalisation at every batch size. (The softmax
-    and the broadcasts go through paddle_rs.ops for speed on CPU: the same values, see act / elementwise.)"""
-    q0, q1 = paddle.split(softmax(fg_logits, axis=1), [1, fg_logits.shape[1] - 1], axis=1)   # a slice's
-    f = F.sigmoid(bi_logits)                                                   # backward is slow on CPU
-    p = paddle.concat([q0 * (1 - f), broadcast_mul(q1, f)], axis=1)
-    return broadcast_div(p, p.sum(axis=1, keepdim=True))
+    """Collaborative-probability fusion (factseg.md §2.7), keepdim normalisation at every batch size."""
+    q = F.softmax(fg_logits, axis=1)
+    f = F.sigmoid(bi_logits)
+    p = paddle.concat([q[:, :1] * (1 - f), q[:, 1:] * f], axis=1)
+    return p / p.sum(axis=1, keepdim=True)
 
 
 class ResEncoder(nn.Layer):
@@ -56,8 +51,8 @@ class FactSeg(nn.Layer):
         self.bifpn = FPN(enc, fpn_channels)
         self.fg_decoder = AsymmetricDecoder(fpn_channels, decoder_channels)
         self.bi_decoder = AsymmetricDecoder(fpn_channels, decoder_channels)
-        self.fg_cls = Conv2D(decoder_channels, num_classes, 1)
-        self.bi_cls = Conv2D(decoder_channels, 1, 1)
+        self.fg_cls = nn.Conv2D(decoder_channels, num_classes, 1)
+        self.bi_cls = nn.Conv2D(decoder_channels, 1, 1)
         init.torch_default_(self.fg_cls)
         init.torch_default_(self.bi_cls)
 
@@ -71,8 +66,8 @@ class FactSeg(nn.Layer):
         fg = self.fg_cls(self.fg_decoder(self.fgfpn(feats)))
         bi = self.bi_cls(self.bi_decoder(self.bifpn(feats)))
         size = paddle.shape(x)[2:]
-        fg = interpolate(fg, size, "bilinear", align_corners=True)
-        bi = interpolate(bi, size, "bilinear", align_corners=True)
+        fg = F.interpolate(fg, size=size, mode="bilinear", align_corners=True)
+        bi = F.interpolate(bi, size=size, mode="bilinear", align_corners=True)
         return fg, bi
 
     def forward(self, x):

@@ -18,12 +18,13 @@ Entry points: ``selective_scan`` (mamba-ssm layout), ``selective_scan_blc``
 
 Execution paths of the production entry points (one recurrence):
 
-* dygraph, fp32 on CPU (default): :class:`FusedSelectiveScanFn` — the C++ kernels of
+* dygraph, fp32 on CPU, ``fused=True`` (the accelerator): :class:`FusedSelectiveScanFn` — the C++ kernels of
   ``csrc/selective_scan_cpu.cc`` (same chunked algorithm, everything from ``delta_bias`` to the gate fused,
   OpenMP over batch x channel blocks), compiled on first use by :func:`fused_ext` and cached under
   ``~/.cache/paddle_rs/ops``. 4-5x faster than the op-by-op scan below, 3x faster than torch's. Falls back
   (one warning) to the pure-Paddle scan when the build fails; ``PADDLE_RS_FUSED_SCAN=0`` disables it.
-* dygraph otherwise (fp64, no extension): :class:`SelectiveScanFn` (``PyLayer``) — chunked sequential scan,
+* dygraph otherwise (the default; fp64; no extension): :class:`SelectiveScanFn` (``PyLayer``) — chunked
+  sequential scan,
   coefficients built per chunk of ``T`` steps, only chunk-start states kept,
   hand-written backward that recomputes each chunk and runs the adjoint
   recurrence; ``delta_bias``, softplus, ``D`` and the ``z`` gate fused in (as in
@@ -431,12 +432,16 @@ def _tm(x):
 
 
 def selective_scan_blc(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       chunk_size=None):
+                       chunk_size=None, fused=False):
     """Channels-last selective scan: ``u, delta, z: [b, l, d]``; ``B, C: [b, l, n]``; ``A [d, n]``;
-    ``D, delta_bias: [d]`` -> ``[b, l, d]``. ``chunk_size`` defaults to ``CHUNK_SIZE``."""
+    ``D, delta_bias: [d]`` -> ``[b, l, d]``. ``chunk_size`` defaults to ``CHUNK_SIZE``.
+
+    ``fused``: use the fused C++ kernel where it applies (dygraph fp32 on CPU with the extension built; in a static
+    graph after ``set_static_scan("fused")``). Off by default: the pure-Paddle scan, portable to every Paddle
+    build, device and export (the accelerator, :func:`paddle_rs.accelerate`, turns it on per mixer)."""
     # (defaults are None, not CHUNK_SIZE: dy2static re-creates the function and loses module globals in defaults)
     chunk_size = CHUNK_SIZE if chunk_size is None else chunk_size
-    if not paddle.in_dynamic_mode() and _static_fused():
+    if fused and not paddle.in_dynamic_mode() and _static_fused():
         return _fused_static(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
     if not paddle.in_dynamic_mode():
         t = lambda x: None if x is None else x.transpose([1, 0, 2])
@@ -444,7 +449,7 @@ def selective_scan_blc(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         y = _scan_static(t(u), delta_sp, A, t(B), t(C), chunk_size)
         out, _ = _post(y, t(u), D, t(z))
         return out.transpose([1, 0, 2])
-    if _fused_ok(u, delta, A, B, C, D, z, delta_bias):
+    if fused and _fused_ok(u, delta, A, B, C, D, z, delta_bias):
         if paddle.is_grad_enabled() and any(t is not None and not t.stop_gradient
                                             for t in (u, delta, A, B, C, D, z, delta_bias)):
             return FusedSelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
@@ -464,8 +469,9 @@ def selective_scan_blc(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   chunk_size=None):
+                   chunk_size=None, fused=False):
     """mamba-ssm ``selective_scan_fn`` signature and layout: ``u, delta, z: [b, d, l]``; ``A: [d, n]``;
     ``B, C: [b, n, l]``; ``D, delta_bias: [d]`` -> ``[b, d, l]``."""
     t = lambda x: None if x is None else x.transpose([0, 2, 1])
-    return t(selective_scan_blc(t(u), t(delta), A, t(B), t(C), D, t(z), delta_bias, delta_softplus, chunk_size))
+    return t(selective_scan_blc(t(u), t(delta), A, t(B), t(C), D, t(z), delta_bias, delta_softplus, chunk_size,
+                                fused))

@@ -5,17 +5,16 @@ and parameter names, same forward order). Framework notes:
 
 * ``nn.Linear`` weights are ``[in, out]`` (the converter transposes them);
   ``A_log`` ``[I, N]`` is a plain parameter and is never transposed.
-* The causal depthwise conv runs channels-last (``data_format='NLC'``, 2.5x
-  faster than transposing to NCL on Paddle CPU) with ``padding=[K-1, 0]`` (left
-  only), which equals torch's ``padding=K-1`` followed by ``[..., :L]`` without a
-  slice whose bound depends on ``L``. Same weight layout ``[I, 1, K]``.
-* LayerNorms get ``epsilon`` explicitly (1e-6); Paddle's default is 1e-5. They are
-  :class:`paddle_rs.ops.act.LayerNorm` (oneDNN in dygraph on CPU): Paddle 3.3.1's own
-  ``layer_norm`` drops the weight from the input gradient whenever the weight's gradient
-  is not computed (frozen parameters, ``paddle.grad`` w.r.t. the image), which made
-  RSMamba's input gradients with frozen parameters 57 % off torch's.
-* Token reversal is ``index_select`` with a reversed index (``paddle.flip`` is
-  ~25x slower on CPU for ``[B, L, D]``); exact, like torch's ``flip``.
+* The causal depthwise conv is torch's: ``padding=K-1`` on channels-first input, then the
+  first ``L`` outputs (``L`` read with ``paddle.shape``, so an export keeps a dynamic length).
+* LayerNorms get ``epsilon`` explicitly (1e-6); Paddle's default is 1e-5. Paddle 3.3.1's
+  CPU ``layer_norm`` drops the weight from the input gradient whenever the weight's
+  gradient is not computed (frozen LayerNorm weights, ``paddle.grad`` w.r.t. the image
+  only; tests/test_act_onednn.py documents it); :func:`paddle_rs.accelerate` swaps in a
+  LayerNorm whose gradient is right in every case.
+* The selective scan is the op of :mod:`paddle_rs.ops.selective_scan`: a portable
+  pure-Paddle scan by default; :func:`paddle_rs.accelerate` sets ``fused_scan`` for
+  its fused CPU kernel.
 * Initialisation reproduces torch's defaults with ``paddle_rs.models.init``.
 * Static export (``paddle.jit.to_static``): shapes come from ``paddle.shape`` or
   reshape with ``0/-1``; the selective scan switches to its ``while_loop``
@@ -37,8 +36,6 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .. import init
-from ...ops.act import LayerNorm
-from ...ops.conv import Conv2D
 from ...ops.selective_scan import selective_scan_blc
 
 __all__ = ["ARCH_ZOO", "PATH_TYPES", "make_perms", "MambaMixer", "PatchEmbed", "RSMambaBackbone"]
@@ -68,7 +65,12 @@ class MambaMixer(nn.Layer):
     ``in_proj`` (no bias) -> x | z;  x -> causal depthwise ``conv1d`` -> SiLU -> ``x_proj`` -> dt | B | C;
     delta = softplus(``dt_proj``(dt));  A = -exp(``A_log``);  selective scan with ``D`` skip and SiLU(z) gate;
     ``out_proj`` (no bias). Initialisation: torch defaults, ``A_log = log(1..N)``, ``D = 1``.
+
+    ``fused_scan``: run the scan on the fused CPU kernel where it applies (set by :func:`paddle_rs.accelerate`;
+    off by default: the pure-Paddle scan, which every Paddle build and export runs).
     """
+
+    fused_scan = False
 
     def __init__(self, hidden_size, intermediate_size, state_size=16, conv_kernel=4, time_step_rank=None,
                  use_conv_bias=True, use_bias=False, chunk_size=None):
@@ -80,8 +82,8 @@ class MambaMixer(nn.Layer):
         self.time_step_rank = time_step_rank if time_step_rank is not None else math.ceil(hidden_size / 16)
         self.chunk_size = chunk_size
         I, N, R = intermediate_size, state_size, self.time_step_rank
-        self.conv1d = nn.Conv1D(I, I, conv_kernel, groups=I, padding=[conv_kernel - 1, 0],
-                                bias_attr=None if use_conv_bias else False, data_format="NLC")
+        self.conv1d = nn.Conv1D(I, I, conv_kernel, groups=I, padding=conv_kernel - 1,
+                                bias_attr=None if use_conv_bias else False)
         self.in_proj = nn.Linear(hidden_size, 2 * I, bias_attr=None if use_bias else False)
         self.x_proj = nn.Linear(I, R + 2 * N, bias_attr=False)
         self.dt_proj = nn.Linear(R, I)
@@ -98,17 +100,18 @@ class MambaMixer(nn.Layer):
         As in transformers' CUDA path, ``dt_proj``'s bias enters the scan as ``delta_bias`` (added before the
         softplus, same math as ``softplus(dt_proj(dt))``).
         """
+        seq_len = paddle.shape(hidden_states)[1]
         R, N = self.time_step_rank, self.ssm_state_size
         xz = self.in_proj(hidden_states)                                  # [B, L, 2I]
         x, z = paddle.chunk(xz, 2, axis=-1)                               # first half x, second half gate z
-        x = F.silu(self.conv1d(x))                                        # causal depthwise conv (NLC, left pad)
+        x = F.silu(self.conv1d(x.transpose([0, 2, 1]))[:, :, :seq_len]).transpose([0, 2, 1])   # causal depthwise conv
         dt, Bm, Cm = paddle.split(self.x_proj(x), [R, N, N], axis=-1)     # [B, L, R | N | N]
         delta = paddle.matmul(dt, self.dt_proj.weight)                    # [B, L, I], bias added in the scan
         # upstream computes A and reads D and the bias in float32 (``.float()``) whatever the model's dtype
         f32 = lambda t: t.astype("float32").astype(x.dtype)               # noqa: E731
         A = -paddle.exp(self.A_log.astype("float32")).astype(x.dtype)
         y = selective_scan_blc(x, delta, A, Bm, Cm, f32(self.D), z, delta_bias=f32(self.dt_proj.bias),
-                               delta_softplus=True, chunk_size=self.chunk_size)
+                               delta_softplus=True, chunk_size=self.chunk_size, fused=self.fused_scan)
         return self.out_proj(y)
 
 
@@ -119,7 +122,7 @@ class PatchEmbed(nn.Layer):
     def __init__(self, in_channels=3, embed_dims=192, kernel_size=16, stride=8, bias=False):
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
-        self.projection = Conv2D(in_channels, embed_dims, kernel_size, stride=stride,
+        self.projection = nn.Conv2D(in_channels, embed_dims, kernel_size, stride=stride,
                                  bias_attr=None if bias else False)
 
     def pad_amount(self, size):
@@ -187,14 +190,12 @@ class RSMambaBackbone(nn.Layer):
                 fc = nn.Linear(n_paths * D, n_paths, bias_attr=False)
                 init.torch_default_(fc)
                 self.gate_layers.append(nn.Sequential(fc, nn.Softmax(axis=-1)))
-        self.pre_norm = LayerNorm(D, epsilon=norm_eps)
+        self.pre_norm = nn.LayerNorm(D, epsilon=norm_eps)
         if final_norm:
-            self.ln1 = LayerNorm(D, epsilon=norm_eps)
+            self.ln1 = nn.LayerNorm(D, epsilon=norm_eps)
         if out_type == "avg_featmap":
-            self.ln2 = LayerNorm(D, epsilon=norm_eps)
+            self.ln2 = nn.LayerNorm(D, epsilon=norm_eps)
 
-        # token reversal as an index_select: paddle.flip is ~25x slower on CPU (porting note in the module doc)
-        self.register_buffer("reverse_index", paddle.arange(L - 1, -1, -1, dtype="int64"), persistable=False)
         self.perm_seed = perm_seed
         if perm_seed is not None and "shuffle" in path_type:
             perms = make_perms(self.num_layers, L, perm_seed)
@@ -210,8 +211,8 @@ class RSMambaBackbone(nn.Layer):
             init.trunc_normal_(self.pos_embed, std=0.02)
 
     def _flip(self, x):
-        """``flip`` along the token axis (exact; an ``index_select`` with a reversed index)."""
-        return paddle.index_select(x, self.reverse_index, axis=1)
+        """``flip`` along the token axis."""
+        return paddle.flip(x, axis=[1])
 
     # ---- permutations ---------------------------------------------------------------------------------
     def _perm(self, i, length, perms):

@@ -3,18 +3,14 @@
 Mirror of ``torch_ref/models/backbones/resnet.py``; parameter names are equal up
 to BatchNorm statistics (``_mean``/``_variance``). BatchNorm uses Paddle momentum
 0.9 (= torch 0.1) and epsilon 1e-5. Used by FactSeg and RSP UperNet-R50.
-Convolutions are ``paddle_rs.ops.conv.Conv2D`` (oneDNN in dygraph on CPU; same parameters as ``nn.Conv2D``), ReLU
-and eval-mode BatchNorm are ``paddle_rs.ops.act.ReLU`` / ``BatchNorm2D`` (oneDNN in dygraph on CPU).
 """
 import paddle.nn as nn
 
-from ...ops.act import BatchNorm2D as _BatchNorm2D, ReLU
-from ...ops.conv import Conv2D
 from .. import init
 
 
 def BatchNorm2D(c):
-    return _BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
+    return nn.BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
 
 
 class Bottleneck(nn.Layer):
@@ -22,13 +18,13 @@ class Bottleneck(nn.Layer):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
-        self.conv1 = Conv2D(inplanes, planes, 1, bias_attr=False)
+        self.conv1 = nn.Conv2D(inplanes, planes, 1, bias_attr=False)
         self.bn1 = BatchNorm2D(planes)
-        self.conv2 = Conv2D(planes, planes, 3, stride=stride, padding=1, bias_attr=False)
+        self.conv2 = nn.Conv2D(planes, planes, 3, stride=stride, padding=1, bias_attr=False)
         self.bn2 = BatchNorm2D(planes)
-        self.conv3 = Conv2D(planes, planes * 4, 1, bias_attr=False)
+        self.conv3 = nn.Conv2D(planes, planes * 4, 1, bias_attr=False)
         self.bn3 = BatchNorm2D(planes * 4)
-        self.relu = ReLU()
+        self.relu = nn.ReLU()
         self.downsample = downsample
 
     def forward(self, x):
@@ -46,9 +42,9 @@ class ResNet(nn.Layer):
         super().__init__()
         layers = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
         self.inplanes = 64
-        self.conv1 = Conv2D(in_channels, 64, 7, stride=2, padding=3, bias_attr=False)
+        self.conv1 = nn.Conv2D(in_channels, 64, 7, stride=2, padding=3, bias_attr=False)
         self.bn1 = BatchNorm2D(64)
-        self.relu = ReLU()
+        self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2D(3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, layers[0])
         self.layer2 = self._make_layer(128, layers[1], stride=2)
@@ -66,7 +62,7 @@ class ResNet(nn.Layer):
         downsample = None
         if stride != 1 or self.inplanes != planes * 4:
             downsample = nn.Sequential(
-                Conv2D(self.inplanes, planes * 4, 1, stride=stride, bias_attr=False),
+                nn.Conv2D(self.inplanes, planes * 4, 1, stride=stride, bias_attr=False),
                 BatchNorm2D(planes * 4))
         layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * 4

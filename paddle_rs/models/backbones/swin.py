@@ -3,14 +3,8 @@
 Mirror of ``torch_ref/models/backbones/swin.py`` (same classes, same attribute names, same parameter names).
 Spec: rsp_upernet.md §3.2; porting rules: porting.md.
 
-Differences to the reference (layout and speed only; results equal up to fp32 rounding):
+Differences to the reference (layout only; results equal up to fp32 rounding):
 * ``nn.Linear`` weights are [in, out] (the converter transposes them);
-* transposes go through :func:`paddle_rs.ops.layout.permute` (dense in dygraph: Paddle's strided-view copies and
-  its one-thread transpose kernel are slow on CPU);
-* in dygraph on CPU, Linear layers add their bias inside the GEMM (:mod:`paddle_rs.ops.linear`), the attention
-  bias / mask are added as equal shapes (:mod:`paddle_rs.ops.elementwise`) and softmax, GELU and LayerNorm run
-  on oneDNN (:mod:`paddle_rs.ops.act`): Paddle's separate bias pass, its broadcast kernel and its CPU softmax /
-  GELU / LayerNorm-backward kernels are slow there; exports keep the plain ops;
 * ``relative_position_index`` is rebuilt at construction as a **non-persistable** buffer (not in
   ``state_dict()``); the converter checks the checkpoint's copy equals the rebuilt one and drops it;
 * LayerNorm epsilon is always passed explicitly; GELU is exact.
@@ -25,14 +19,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...ops.act import GELU, LayerNorm, softmax
-from ...ops.conv import Conv2D
-from ...ops.elementwise import broadcast_add
-from ...ops.layout import permute
-from ...ops.linear import Linear
 from .. import init
 
-__all__ = ["permute", "crop_hw", "DropPath", "Mlp", "window_partition", "window_reverse", "relative_position_index",
+__all__ = ["DropPath", "Mlp", "window_partition", "window_reverse", "relative_position_index",
            "shifted_window_mask", "WindowAttention", "SwinTransformerBlock", "PatchMerging", "BasicLayer",
            "PatchEmbed", "SwinTransformer", "swin_t", "swin_b"]
 
@@ -59,28 +48,13 @@ class DropPath(nn.Layer):
         return f"drop_prob={self.drop_prob}"
 
 
-def crop_hw(x, H, W):
-    """x[:, :H, :W, :] as a dense tensor. Dygraph: two ``split`` ops, whose backward is a concat -- the backward of
-    a slice (and the reshape of a slice view) is ~8x slower on CPU (measured: crop 133 -> 128 of a 96-channel map,
-    forward + backward, 85 ms as a slice, 10 ms as splits). Static graphs (dynamic H, W): the slice op."""
-    if not paddle.in_dynamic_mode():
-        return x[:, :H, :W, :]
-    Hp, Wp = x.shape[1], x.shape[2]
-    if Hp > H:
-        x = paddle.split(x, [H, Hp - H], axis=1)[0]
-    if Wp > W:
-        x = paddle.split(x, [W, Wp - W], axis=2)[0]
-    return x
-
-
 def make_drop_path(p):
     return DropPath(p) if p > 0.0 else nn.Identity()
 
 
 def linear(in_f, out_f, bias=True):
-    """Linear (:class:`paddle_rs.ops.linear.Linear`) with the reference init: trunc_normal(std .02) weight, zero
-    bias."""
-    m = Linear(in_f, out_f, bias_attr=None if bias else False)
+    """``nn.Linear`` with the reference init: trunc_normal(std .02) weight, zero bias."""
+    m = nn.Linear(in_f, out_f, bias_attr=None if bias else False)
     init.trunc_normal_(m.weight, std=0.02)
     if m.bias is not None:
         init.constant_(m.bias, 0.0)
@@ -95,7 +69,7 @@ class Mlp(nn.Layer):
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
         self.fc1 = linear(in_features, hidden_features)
-        self.act = GELU(approximate=False)
+        self.act = nn.GELU(approximate=False)
         self.fc2 = linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop)
 
@@ -107,14 +81,14 @@ class Mlp(nn.Layer):
 def window_partition(x, ws):
     """(B, H, W, C) -> (B*nW, ws*ws, C); windows in row-major order (spec Q9). H, W must be static."""
     _, H, W, C = x.shape
-    x = permute(x.reshape([-1, H // ws, ws, W // ws, ws, C]), [0, 1, 3, 2, 4, 5])
+    x = x.reshape([-1, H // ws, ws, W // ws, ws, C]).transpose([0, 1, 3, 2, 4, 5])
     return x.reshape([-1, ws * ws, C])
 
 
 def window_reverse(windows, ws, H, W):
     """(B*nW, ws*ws, C) -> (B, H, W, C); inverse of :func:`window_partition`."""
     C = windows.shape[-1]
-    x = permute(windows.reshape([-1, H // ws, W // ws, ws, ws, C]), [0, 1, 3, 2, 4, 5])
+    x = windows.reshape([-1, H // ws, W // ws, ws, ws, C]).transpose([0, 1, 3, 2, 4, 5])
     return x.reshape([-1, H, W, C])
 
 
@@ -139,7 +113,7 @@ def shifted_window_mask(Hp, Wp, ws, shift):
 
 
 def layer_norm(dim, eps):
-    return LayerNorm(dim, epsilon=eps)
+    return nn.LayerNorm(dim, epsilon=eps)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,17 +142,17 @@ class WindowAttention(nn.Layer):
     def forward(self, x, mask=None):
         N, C = x.shape[1], x.shape[2]
         nH = self.num_heads
-        qkv = permute(self.qkv(x).reshape([-1, N, 3, nH, C // nH]), [2, 0, 3, 1, 4])
-        q, k, v = paddle.unbind(qkv, 0)          # not qkv[i]: a slice's backward is ~4x slower on CPU
+        qkv = self.qkv(x).reshape([-1, N, 3, nH, C // nH]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index, axis=0)
-        attn = broadcast_add(attn, permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0))
+        attn = attn + bias.reshape([N, N, nH]).transpose([2, 0, 1]).unsqueeze(0)
         if mask is not None:
             nW = mask.shape[0]
-            attn = broadcast_add(attn.reshape([-1, nW, nH, N, N]), mask.unsqueeze(1).unsqueeze(0))
+            attn = attn.reshape([-1, nW, nH, N, N]) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.reshape([-1, nH, N, N])
-        attn = self.attn_drop(softmax(attn, axis=-1))
-        x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, C])
+        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, N, C])
         return self.proj_drop(self.proj(x))
 
 
@@ -213,7 +187,7 @@ class SwinTransformerBlock(nn.Layer):
         if s > 0:
             x = paddle.roll(x, shifts=(s, s), axis=(1, 2))
         if pad_r or pad_b:
-            x = crop_hw(x, H, W)
+            x = x[:, :H, :W, :]
         x = shortcut + self.drop_path(x.reshape([-1, H * W, C]))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -232,10 +206,8 @@ class PatchMerging(nn.Layer):
         x = x.reshape([-1, H, W, C])
         if H % 2 or W % 2:
             x = F.pad(x, [0, W % 2, 0, H % 2], data_format="NHWC")
-        Hh, Wh = (H + 1) // 2, (W + 1) // 2
-        # == concat([x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]], -1): (b,i,p,j,q,c) -> (b,i,j,q,p,c)
-        x = permute(x.reshape([-1, Hh, 2, Wh, 2, C]), [0, 1, 3, 4, 2, 5])
-        return self.reduction(self.norm(x.reshape([-1, Hh * Wh, 4 * C])))
+        x = paddle.concat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        return self.reduction(self.norm(x.reshape([-1, ((H + 1) // 2) * ((W + 1) // 2), 4 * C])))
 
 
 class BasicLayer(nn.Layer):
@@ -271,7 +243,7 @@ class PatchEmbed(nn.Layer):
     def __init__(self, patch_size=4, in_chans=3, embed_dim=96, patch_norm=True, norm_eps=1e-5):
         super().__init__()
         self.patch_size, self.embed_dim = patch_size, embed_dim
-        self.proj = Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         init.torch_default_(self.proj)
         self.norm = layer_norm(embed_dim, norm_eps) if patch_norm else None
 
@@ -284,7 +256,7 @@ class PatchEmbed(nn.Layer):
         x = self.proj(x)
         if self.norm is not None:
             Wh, Ww = x.shape[2], x.shape[3]
-            x = permute(self.norm(permute(x.flatten(2), [0, 2, 1])), [0, 2, 1])
+            x = self.norm(x.flatten(2).transpose([0, 2, 1])).transpose([0, 2, 1])
             x = x.reshape([-1, self.embed_dim, Wh, Ww])
         return x
 
@@ -322,13 +294,13 @@ class SwinTransformer(nn.Layer):
     def forward(self, x):
         x = self.patch_embed(x)
         Wh, Ww = x.shape[2], x.shape[3]
-        x = self.pos_drop(permute(x.flatten(2), [0, 2, 1]))
+        x = self.pos_drop(x.flatten(2).transpose([0, 2, 1]))
         outs = []
         for i, layer in enumerate(self.layers):
             x_out, H, W, x, Wh, Ww = layer(x, Wh, Ww)
             if i in self.out_indices:
                 x_out = getattr(self, f"norm{i}")(x_out)
-                outs.append(permute(x_out.reshape([-1, H, W, self.num_features[i]]), [0, 3, 1, 2]))
+                outs.append(x_out.reshape([-1, H, W, self.num_features[i]]).transpose([0, 3, 1, 2]))
         return outs
 
 

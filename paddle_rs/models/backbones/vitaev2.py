@@ -5,9 +5,7 @@ Spec: rsp_upernet.md §3.3 (normative, incl. quirks Q1-Q9, all reproduced; see t
 
 Layout differences to the reference: ``nn.Linear`` weights are [in, out]; ``relative_position_index`` is
 rebuilt as a non-persistable buffer; BatchNorm momentum 0.9 / epsilon 1e-5; LayerNorm epsilon explicit
-(1e-5 in RCs, 1e-6 in NCs); GELU exact; transposes go through ``ops.layout.permute`` (dense in dygraph, for speed);
-in dygraph on CPU, softmax, GELU, SiLU, LayerNorm and eval-mode BatchNorm run on oneDNN (:mod:`paddle_rs.ops.act`,
-for speed).
+(1e-5 in RCs, 1e-6 in NCs); GELU exact.
 
 Forward contract: ``forward(x[B,3,S,S]) -> [f0..f3]``, ``f_i``: ``[B, token_dims[i], S/4/2**i, S/4/2**i]``.
 Export: all sizes are Python ints derived from the static input H/W (fixed-shape ``to_static``).
@@ -19,26 +17,21 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...ops.act import GELU, BatchNorm2D, Silu, softmax
-from ...ops.conv import Conv2D
-from ...ops.elementwise import broadcast_add
-from ...ops.layout import permute
 from .. import init
-from .swin import (Mlp, crop_hw, layer_norm, linear, make_drop_path, relative_position_index, window_partition,
-                   window_reverse)
+from .swin import Mlp, layer_norm, linear, make_drop_path, relative_position_index, window_partition, window_reverse
 
 __all__ = ["PRM", "WindowAttention", "Attention", "TokenAttention", "SwinRCAttn", "TokenTransformer",
            "ReductionCell", "NormalCell", "BasicLayer", "ViTAEv2", "vitaev2_s"]
 
 
 def _conv(cin, cout, k, stride=1, padding=0, dilation=1, groups=1):
-    m = Conv2D(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    m = nn.Conv2D(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
     init.torch_default_(m)
     return m
 
 
 def _bn(c):
-    return BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
+    return nn.BatchNorm2D(c, momentum=0.9, epsilon=1e-5)
 
 
 def _window_pad(x, ws):
@@ -61,12 +54,12 @@ class PRM(nn.Layer):
             pad = math.ceil(((kernel_size - 1) * d + 1 - downsample_ratio) / 2)
             self.convs.append(nn.Sequential(
                 _conv(in_chans, embed_dim, kernel_size, stride=downsample_ratio, padding=pad, dilation=d),
-                GELU(approximate=False)))
+                nn.GELU(approximate=False)))
         self.out_chans = embed_dim * len(self.dilations)
 
     def forward(self, x):
         y = paddle.concat([conv(x) for conv in self.convs], axis=1)
-        return permute(y.flatten(2), [0, 2, 1])
+        return y.flatten(2).transpose([0, 2, 1])
 
 
 class WindowAttention(nn.Layer):
@@ -93,14 +86,14 @@ class WindowAttention(nn.Layer):
     def forward(self, x):
         N = x.shape[1]
         nH = self.num_heads
-        qkv = permute(self.qkv(x).reshape([-1, N, 3, nH, self.dim // nH]), [2, 0, 3, 1, 4])
-        q, k, v = paddle.unbind(qkv, 0)          # faster backward than qkv[i] (swin.py)
+        qkv = self.qkv(x).reshape([-1, N, 3, nH, self.dim // nH]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         if self.relative_pos:
             bias = paddle.index_select(self.relative_position_bias_table, self.relative_position_index, axis=0)
-            attn = broadcast_add(attn, permute(bias.reshape([N, N, nH]), [2, 0, 1]).unsqueeze(0))
-        attn = self.attn_drop(softmax(attn, axis=-1))
-        x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, self.dim])
+            attn = attn + bias.reshape([N, N, nH]).transpose([2, 0, 1]).unsqueeze(0)
+        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, N, self.dim])
         return self.proj_drop(self.proj(x))
 
 
@@ -119,10 +112,10 @@ class Attention(nn.Layer):
 
     def forward(self, x):
         N, C, nH = x.shape[1], self.dim, self.num_heads
-        qkv = permute(self.qkv(x).reshape([-1, N, 3, nH, C // nH]), [2, 0, 3, 1, 4])
-        q, k, v = paddle.unbind(qkv, 0)          # faster backward than qkv[i] (swin.py)
-        attn = self.attn_drop(softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
-        x = permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, C])
+        qkv = self.qkv(x).reshape([-1, N, 3, nH, C // nH]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
+        x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, N, C])
         return self.proj_drop(self.proj(x))
 
 
@@ -140,11 +133,11 @@ class TokenAttention(nn.Layer):
 
     def forward(self, x):
         N, D, nH = x.shape[1], self.in_dim, self.num_heads
-        qkv = permute(self.qkv(x).reshape([-1, N, 3, nH, D // nH]), [2, 0, 3, 1, 4])
-        q, k, v = paddle.unbind(qkv, 0)          # faster backward than qkv[i] (swin.py)
-        attn = self.attn_drop(softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
-        x = self.proj_drop(self.proj(permute(paddle.matmul(attn, v), [0, 2, 1, 3]).reshape([-1, N, D])))
-        return permute(v, [0, 2, 1, 3]).reshape([-1, N, D]) + x
+        qkv = self.qkv(x).reshape([-1, N, 3, nH, D // nH]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1))
+        x = self.proj_drop(self.proj(paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, N, D])))
+        return v.transpose([0, 2, 1, 3]).reshape([-1, N, D]) + x
 
 
 class SwinRCAttn(nn.Layer):
@@ -194,10 +187,10 @@ class ReductionCell(nn.Layer):
         self.PCM = nn.Sequential(
             _conv(in_chans, embed_dims, 3, stride=strides[0], padding=1, groups=group),
             _bn(embed_dims),
-            Silu(),
+            nn.Silu(),
             _conv(embed_dims, embed_dims, 3, stride=strides[1], padding=1, groups=group),
             _bn(embed_dims),
-            Silu(),
+            nn.Silu(),
             _conv(embed_dims, token_dims, 3, stride=strides[2], padding=1, groups=group))
         self.PRM = PRM(kernel_size, downsample_ratios, dilations, in_chans, embed_dims)
         c = self.PRM.out_chans
@@ -209,7 +202,7 @@ class ReductionCell(nn.Layer):
 
     def forward(self, x, H, W):
         if x.ndim == 3:
-            x = permute(x.reshape([-1, H, W, x.shape[2]]), [0, 3, 1, 2])
+            x = x.reshape([-1, H, W, x.shape[2]]).transpose([0, 3, 1, 2])
         shortcut = x
         t = self.PRM(x)
         H, W = H // self.downsample_ratios, W // self.downsample_ratios
@@ -219,7 +212,7 @@ class ReductionCell(nn.Layer):
             a, Hp, Wp = _window_pad(self.attn.norm1(t).reshape([-1, H, W, C]), ws)
             a = window_reverse(self.attn.attn(window_partition(a, ws)), ws, Hp, Wp)
             if Hp != H or Wp != W:
-                a = crop_hw(a, H, W)
+                a = a[:, :H, :W, :]
             a = a.reshape([-1, H * W, D])                                   # no attention residual (Q6)
         else:
             a = self.attn.attn(self.attn.norm1(t))                          # v-skip inside (Q6)
@@ -227,7 +220,7 @@ class ReductionCell(nn.Layer):
         if c.shape[2] != H or c.shape[3] != W:
             raise ValueError(f"ReductionCell: PCM output {c.shape[2]}x{c.shape[3]} != PRM output {H}x{W} "
                              f"(upstream fails here too; use a square input with a side that is a multiple of 32)")
-        x = a + permute(c, [0, 2, 3, 1]).reshape([-1, H * W, D])
+        x = a + c.transpose([0, 2, 3, 1]).reshape([-1, H * W, D])
         return x + self.attn.mlp(self.attn.norm2(x)), H, W
 
 
@@ -256,10 +249,10 @@ class NormalCell(nn.Layer):
         self.PCM = nn.Sequential(
             _conv(dim, hidden, 3, 1, 1, 1, group),
             _bn(hidden),
-            Silu(),
+            nn.Silu(),
             _conv(hidden, dim, 3, 1, 1, 1, group),
             _bn(dim),
-            Silu(),
+            nn.Silu(),
             _conv(dim, dim, 3, 1, 1, 1, group))
 
     def forward(self, x, H, W):
@@ -270,12 +263,12 @@ class NormalCell(nn.Layer):
             a, Hp, Wp = _window_pad(self.norm1(x).reshape([-1, H, W, C]), ws)
             a = window_reverse(self.attn(window_partition(a, ws)), ws, Hp, Wp)
             if Hp != H or Wp != W:
-                a = crop_hw(a, H, W)
+                a = a[:, :H, :W, :]
             a = a.reshape([-1, H * W, C])
         else:
             a = self.attn(self.norm1(x))
-        c = self.PCM(permute(shortcut.reshape([-1, H, W, C]), [0, 3, 1, 2]))
-        c = permute(c, [0, 2, 3, 1]).reshape([-1, H * W, C])
+        c = self.PCM(shortcut.reshape([-1, H, W, C]).transpose([0, 3, 1, 2]))
+        c = c.transpose([0, 2, 3, 1]).reshape([-1, H * W, C])
         x = shortcut + self.drop_path(a) + self.drop_path(c)     # two independent drop-path draws
         return x + self.drop_path(self.mlp(self.norm2(x))), H, W
 
@@ -348,7 +341,7 @@ class ViTAEv2(nn.Layer):
             x, H, W = layer(x, H, W)
             N, C = x.shape[1], x.shape[2]
             wh = int(math.sqrt(N))                                   # Q3
-            outs.append(permute(x.reshape([-1, wh, wh, C]), [0, 3, 1, 2]))
+            outs.append(x.reshape([-1, wh, wh, C]).transpose([0, 3, 1, 2]))
         return outs
 
 

@@ -8,10 +8,8 @@ import math
 
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as F
 
-from ...ops.act import BatchNorm2D, ReLU
-from ...ops.conv import Conv2D
-from ...ops.resize import interpolate
 from .. import init
 
 
@@ -19,7 +17,7 @@ class UpsampleBilinear2x(nn.Layer):
     """torch ``UpsamplingBilinear2d(scale_factor=2)``: bilinear, align_corners=True, size-based for export."""
 
     def forward(self, x):
-        return interpolate(x, paddle.shape(x)[2:] * 2, "bilinear", align_corners=True)
+        return F.interpolate(x, size=paddle.shape(x)[2:] * 2, mode="bilinear", align_corners=True)
 
 
 class AsymmetricDecoder(nn.Layer):
@@ -32,13 +30,13 @@ class AsymmetricDecoder(nn.Layer):
             num_layers = max(num_upsample, 1)
             layers = []
             for i in range(num_layers):
-                conv = Conv2D(in_channels if i == 0 else out_channels, out_channels, 3, padding=1,
+                conv = nn.Conv2D(in_channels if i == 0 else out_channels, out_channels, 3, padding=1,
                               bias_attr=False)
                 init.torch_default_(conv)
                 layers.append(nn.Sequential(
                     conv,
-                    BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5),
-                    ReLU(),
+                    nn.BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5),
+                    nn.ReLU(),
                     UpsampleBilinear2x() if num_upsample != 0 else nn.Identity()))
             self.blocks.append(nn.Sequential(*layers))
 

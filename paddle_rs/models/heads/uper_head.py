@@ -2,17 +2,13 @@
 
 Mirror of ``torch_ref/models/heads/uper_head.py`` (same classes and parameter names; BN statistics are
 ``_mean``/``_variance``). Spec: rsp_upernet.md §4.1. Not PaddleSeg's ``UPerNetHead`` (not equivalent, §11).
-Convolutions are ``paddle_rs.ops.conv.Conv2D`` (oneDNN in dygraph on CPU; same parameters as ``nn.Conv2D``), ReLU
-and eval-mode BatchNorm ``paddle_rs.ops.act.ReLU`` / ``BatchNorm2D`` (oneDNN in dygraph on CPU).
 BN momentum 0.9 / epsilon 1e-5; bilinear resizes with align_corners=False (default align_mode 0 = torch).
 Forward: ``forward([x0..x3]) -> logits [B, num_classes, H0, W0]`` (level-0 resolution).
 """
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as F
 
-from ...ops.act import BatchNorm2D, ReLU
-from ...ops.conv import Conv2D
-from ...ops.resize import interpolate
 from .. import init
 
 __all__ = ["resize", "ConvModule", "DecodeHead", "PPM", "UPerHead"]
@@ -20,7 +16,7 @@ __all__ = ["resize", "ConvModule", "DecodeHead", "PPM", "UPerHead"]
 
 def resize(x, size, align_corners=False):
     """Bilinear resize to ``size`` (static ints or a shape slice; never ``scale_factor``, see porting.md §6)."""
-    return interpolate(x, size, "bilinear", align_corners)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class ConvModule(nn.Layer):
@@ -28,10 +24,10 @@ class ConvModule(nn.Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, dilation=1):
         super().__init__()
-        self.conv = Conv2D(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
+        self.conv = nn.Conv2D(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
                            bias_attr=False)
-        self.bn = BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5)
-        self.activate = ReLU()
+        self.bn = nn.BatchNorm2D(out_channels, momentum=0.9, epsilon=1e-5)
+        self.activate = nn.ReLU()
         init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
@@ -44,7 +40,7 @@ class DecodeHead(nn.Layer):
     def __init__(self, channels, num_classes, dropout_ratio=0.1, align_corners=False):
         super().__init__()
         self.channels, self.num_classes, self.align_corners = channels, num_classes, align_corners
-        self.conv_seg = Conv2D(channels, num_classes, kernel_size=1)
+        self.conv_seg = nn.Conv2D(channels, num_classes, kernel_size=1)
         self.dropout = nn.Dropout2D(dropout_ratio) if dropout_ratio > 0 else None
         init.normal_(self.conv_seg.weight, 0.0, 0.01)
         init.constant_(self.conv_seg.bias, 0.0)

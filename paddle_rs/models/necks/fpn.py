@@ -6,9 +6,8 @@ feature's size) instead of ``scale_factor``: identical for exact halving, and
 export-friendly (porting.md §6).
 """
 import paddle.nn as nn
+import paddle.nn.functional as F
 
-from ...ops.conv import Conv2D
-from ...ops.resize import interpolate
 from .. import init
 
 
@@ -17,8 +16,8 @@ class FPN(nn.Layer):
         super().__init__()
         self.num_levels = len(in_channels_list)
         for i, c in enumerate(in_channels_list, start=1):
-            inner = Conv2D(c, out_channels, 1)
-            layer = Conv2D(out_channels, out_channels, 3, padding=1)
+            inner = nn.Conv2D(c, out_channels, 1)
+            layer = nn.Conv2D(out_channels, out_channels, 3, padding=1)
             for m in (inner, layer):
                 init.kaiming_uniform_(m.weight, a=1)
                 init.constant_(m.bias, 0.0)
@@ -31,7 +30,7 @@ class FPN(nn.Layer):
         outs = [getattr(self, f"fpn_layer{n}")(last)]
         for i in range(n - 1, 0, -1):
             lateral = getattr(self, f"fpn_inner{i}")(feats[i - 1])
-            top_down = interpolate(last, lateral.shape[2:], "nearest")
+            top_down = F.interpolate(last, size=lateral.shape[2:], mode="nearest")
             last = lateral + top_down
             outs.insert(0, getattr(self, f"fpn_layer{i}")(last))
         return outs
