@@ -35,6 +35,8 @@ def main(stage, description):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=10, help="training steps for 04_backward")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for both frameworks")
+    from paddle_rs.cpu_kernels import add_argument
+    add_argument(ap, help_extra="; the parity must hold either way")
     args = ap.parse_args()
     if args.threads:
         import paddle
@@ -53,7 +55,7 @@ def main(stage, description):
         print(f"[{stage}] {name} ...", flush=True)
         try:
             res, notes, out_dir = run_stage(stage, name, args.out, size=args.size, full=args.full, seed=args.seed,
-                                            steps=args.steps)
+                                            steps=args.steps, cpu_kernels=args.cpu_kernels)
         except Exception as e:  # a broken model must not hide the others; it still fails the run
             import traceback
             traceback.print_exc()

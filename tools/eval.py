@@ -33,6 +33,8 @@ def build_parser():
     p.add_argument("--max_samples", type=int, default=None)
     p.add_argument("--out", default=None, help="result JSON path")
     p.add_argument("--no_progress", action="store_true")
+    from paddle_rs.cpu_kernels import add_argument
+    add_argument(p)
     return p
 
 
@@ -72,6 +74,9 @@ def main(argv=None):
     task = TASKS[cfg.get("task") or entry.task](cfg)
     model = entry.builder(**model_init_params(cfg, entry))
     load_weights_strict(model, args.weights)
+    from paddle_rs.cpu_kernels import accelerate, resolve
+    if resolve(args.cpu_kernels, device):
+        accelerate(model)
     model.eval()
     dataset = task.build_val_dataset(args.val_list)
     evaluator = task.build_evaluator(progress=not args.no_progress)

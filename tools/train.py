@@ -32,6 +32,8 @@ def build_parser():
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT_DIR",
                    help="continue from save_dir's latest checkpoint (or from CKPT_DIR)")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    from paddle_rs.cpu_kernels import add_argument
+    add_argument(p)
     return p
 
 
@@ -47,6 +49,7 @@ def main(argv=None):
             overrides.append(f"train.batch_size={args.batch_size}")
         if args.num_workers is not None:
             overrides.append(f"data.num_workers={args.num_workers}")
+        overrides.append(f"train.cpu_kernels={args.cpu_kernels}")
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

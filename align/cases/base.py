@@ -7,9 +7,11 @@ class ParityCase:
     default_models = ()
     CHECKS = ()      # the declared Check of every key the stages add (align/harness.py)
 
-    def __init__(self, model_name, size=None, full=False, seed=0, steps=10):
+    def __init__(self, model_name, size=None, full=False, seed=0, steps=10, cpu_kernels="auto"):
+        from paddle_rs.cpu_kernels import resolve
         self.name, self.full, self.seed, self.steps = model_name, full, seed, steps
         self.size = size
+        self.cpu_kernels = resolve(cpu_kernels)     # the Paddle side runs accelerated (paddle_rs.cpu_kernels)
 
     # -- helpers shared by all families ---------------------------------------------------------
     def build_pair(self, dtype="float32", prepare=None, state=None, **overrides):
@@ -35,6 +37,9 @@ class ParityCase:
         if dtype == "float64":
             tm = tm.double()
         copy_torch_to_paddle(tm, pm)
+        if self.cpu_kernels:
+            from paddle_rs.cpu_kernels import accelerate
+            accelerate(pm)
         tm.eval(), pm.eval()
         return tm, pm
 

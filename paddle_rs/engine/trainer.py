@@ -26,7 +26,7 @@ Config schema (see configs/factseg/isaid.yaml for a commented full example)::
     optimizer: {type, lr, momentum, weight_decay, grad_clip, paramwise}    # engine.optim
     lr_scheduler: {type, power, end_lr, warmup_iters, warmup_ratio}
     train:  {iters | epochs, batch_size (per device), shuffle, drop_last, log_interval, save_interval,
-             eval_interval, keep_checkpoints, lr_offset: paddle | simplecv, sync_bn,
+             eval_interval, keep_checkpoints, lr_offset: paddle | simplecv, sync_bn, cpu_kernels: auto | on | off,
              amp: {enable, level, dtype, init_loss_scaling, custom_white_list, custom_black_list},
              metric_for_best: miou, progress_bar}
     eval:   {mode: whole | slide, window, stride, flip, merge: prob | logit, nan_policy, pad_value,
@@ -472,6 +472,10 @@ class Trainer:
         self.init_params = self._init_params()
         self.net = model if model is not None else self.entry.builder(**self.init_params)
         self._load_pretrained()
+        from ..cpu_kernels import accelerate, resolve
+        self.cpu_kernels = resolve(tr.get("cpu_kernels", "auto") or "auto")
+        if self.cpu_kernels:                       # paddle_rs's CPU kernels, swapped in by layer type
+            accelerate(self.net)
         if self.world_size > 1 and tr.get("sync_bn"):
             self.net = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.model = paddle.DataParallel(self.net) if self.world_size > 1 else self.net
