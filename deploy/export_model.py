@@ -14,6 +14,11 @@ Two ways in:
 
 Weights are always loaded strictly: missing, unexpected or mis-shaped keys are an error that names them.
 Writes model.json + model.pdiparams (PIR), model.yml (status: Infer) and pipeline.yml.
+
+The graph is portable by default: Paddle's built-in ops only, served by any Paddle Inference build (CPU or GPU,
+Python or C++) without paddle_rs. ``--cpu-kernels on`` puts paddle_rs's CPU custom ops into it instead (faster on
+this kind of CPU; the serving process then needs paddle_rs and g++; recorded in model.yml). ``--onnx`` also
+converts the portable graph to ``model.onnx`` with paddle2onnx.
 """
 import argparse
 import ast
@@ -59,18 +64,18 @@ def build_parser():
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="(a) constructor override passed to build_model, repeatable (e.g. num_classes=10)")
     p.add_argument("--labels", help="(a) labels.txt, one class name per line")
-    p.add_argument("--scan", choices=("auto", "fused", "loop"), default="auto",
-                   help="selective-scan backend of Mamba models in the graph: the fused C++ op (auto: when it "
-                        "builds here; recorded in model.yml, Predictor registers it) or the pure-Paddle loop "
-                        "(no custom op, ~4x slower)")
-    p.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
-                   help="convolutions (kernels > 1x1) in the graph: the oneDNN custom op (auto: when the model's "
-                        "predictor runs without oneDNN and the op builds here; recorded in model.yml, Predictor "
-                        "registers it) or the ordinary conv2d op (no custom op)")
-    p.add_argument("--ops", choices=("auto", "custom", "plain"), default="auto",
-                   help="softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes in the graph: "
-                        "paddle_rs's custom ops (oneDNN; auto: when the model's predictor runs without oneDNN and "
-                        "they build here; recorded in model.yml, Predictor registers them) or Paddle's own ops")
+    p.add_argument("--cpu-kernels", "--cpu_kernels", dest="cpu_kernels", choices=("off", "on"), default="off",
+                   help="off (default): a portable graph of Paddle's own ops; on: paddle_rs's CPU custom ops where "
+                        "they apply (the serving process needs paddle_rs and g++; recorded in model.yml)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also convert the portable graph to save_dir/model.onnx with paddle2onnx")
+    p.add_argument("--scan", choices=("auto", "fused", "loop"), default=None,
+                   help="advanced, per op family (default: from --cpu-kernels): selective scan of Mamba models, "
+                        "the fused custom op or the pure-Paddle loop")
+    p.add_argument("--conv", choices=("auto", "onednn", "plain"), default=None,
+                   help="advanced: convolutions (kernels > 1x1), the oneDNN custom op or Paddle's conv2d")
+    p.add_argument("--ops", choices=("auto", "custom", "plain"), default=None,
+                   help="advanced: GELU / SiLU / ReLU / LayerNorm / Linear, paddle_rs's custom ops or Paddle's")
     p.add_argument("--legacy_twin", action="store_true",
                    help="also write a legacy model.pdmodel export into <save_dir>_legacy (FLAGS_enable_pir_api=0)")
     p.add_argument("--quiet", action="store_true")
@@ -113,8 +118,8 @@ def main(argv=None):
         if args.labels:
             model_info["labels"] = _read_labels(args.labels)
     model.eval()
-    out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info, scan=args.scan,
-                 conv=args.conv, ops=args.ops)
+    out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info,
+                 cpu_kernels=args.cpu_kernels, scan=args.scan, conv=args.conv, ops=args.ops)
     attrs = read_model_yml(out).get("_Attributes") or {}
     scan = attrs.get("scan_backend")
     if scan:
@@ -128,13 +133,22 @@ def main(argv=None):
         log("[export] softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes in the graph: "
             f"{attrs['ops_backend']}" +
             (f" (custom ops {', '.join(custom)}; Predictor registers them)" if custom else ""))
+    if args.onnx:
+        from paddle_rs.deploy.onnx import export_onnx
+        if attrs.get("cpu_kernels") == "on":
+            raise SystemExit("--onnx converts the portable graph: export without --cpu-kernels on")
+        onnx_path = export_onnx(out)
+        log(f"[export] ONNX: {onnx_path}")
     log(f"[export] wrote {', '.join(sorted(os.listdir(out)))} to {out}")
 
     if args.legacy_twin and os.environ.get("FLAGS_enable_pir_api", "1") not in ("0", "false", "False"):
         twin = out.rstrip(os.sep) + "_legacy"
         with tempfile.TemporaryDirectory() as td:
-            cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet", "--scan", args.scan,
-                   "--conv", args.conv, "--ops", args.ops]
+            cmd = [sys.executable, os.path.abspath(__file__), "--save_dir", twin, "--quiet",
+                   "--cpu-kernels", args.cpu_kernels]
+            for flag in ("scan", "conv", "ops"):
+                if getattr(args, flag):
+                    cmd += [f"--{flag}", getattr(args, flag)]
             if args.model_dir:
                 cmd += ["--model_dir", args.model_dir] + (["--weights", args.weights] if args.weights else [])
             else:

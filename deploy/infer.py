@@ -42,7 +42,8 @@ def build_parser():
     p.add_argument("--gpu_id", type=int, default=0)
     p.add_argument("--cpu_threads", type=int, default=2)
     p.add_argument("--enable_mkldnn", type=_str2bool, default=None,
-                   help="oneDNN on/off; default auto: on unless the program holds interp ops (Paddle#79749)")
+                   help="oneDNN on/off; default: what the export measured and recorded in model.yml "
+                        "(_Attributes.predictor: oneDNN, and the IR passes to delete for known Paddle defects)")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--tile", type=int, default=None, help="slider block size (forces slider_predict)")
     p.add_argument("--overlap", type=int, default=36, help="slider overlap in pixels")

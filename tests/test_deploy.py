@@ -335,7 +335,6 @@ def test_slider_predict_hand_computation(tiny_export, merge):
 
 class TinyInterp(TinySeg):
     """TinySeg with a raw ``F.interpolate`` round trip: its PIR program holds interp ops."""
-    onednn_inference = True
 
     def forward(self, x):
         y = super().forward(x)
@@ -343,40 +342,32 @@ class TinyInterp(TinySeg):
         return F.interpolate(F.interpolate(y, size=[h * 2, w * 2], mode="nearest"), size=[h, w], mode="nearest")
 
 
-class TinyOneDNN(TinySeg):
-    onednn_inference = True
-
-
-def test_predictor_onednn_policy(tmp_path, tiny_export):
-    """oneDNN: auto follows model.yml ``onednn`` (the class flag, and no interp op in the program); an explicit
-    request on a program with interp ops is declined with a warning (Paddle#79749); results match either way."""
+def test_predictor_settings_are_measured_at_export_and_applied(tmp_path, tiny_export):
+    """The export records the first CPU setting whose predictor reproduces the network (model.yml
+    ``_Attributes.predictor``); the Predictor applies it. With interp ops, oneDNN runs once
+    ``onednn_placement_pass`` is deleted (Paddle#79749) -- the record says the plain attempt failed."""
     from paddle_rs.deploy.model_yml import read_model_yml
-    from paddle_rs.deploy.predictor import Predictor
+    from paddle_rs.deploy.predictor import CPU_SETTINGS, Predictor
 
     info = {"task": "seg", "num_classes": 3, "transforms": IDENTITY_NORM}
     img = np.random.default_rng(1).random((9, 11, 3)).astype(np.float32)
-    net, d = tiny_export                                  # class without the flag: auto = off
-    assert read_model_yml(d)["_Attributes"]["onednn"] is False
-    assert not Predictor(d).config.mkldnn_enabled()
-    pred = Predictor(d, enable_mkldnn=True)               # explicit request, no interp op: honoured
-    assert pred.config.mkldnn_enabled()
-    np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
-
-    net = TinyOneDNN()
-    net.eval()
-    d = export(net, tmp_path / "flag", None, info)
-    assert read_model_yml(d)["_Attributes"]["onednn"] is True
+    net, d = tiny_export
+    rec = read_model_yml(d)["_Attributes"]["predictor"]
+    assert rec["onednn"] is True and rec["delete_passes"] == [] and rec["checked_max_abs"] <= 1e-4
     pred = Predictor(d)
-    assert pred.config.mkldnn_enabled()
+    assert pred.config.mkldnn_enabled() and pred.cpu_settings == {"onednn": True, "delete_passes": []}
     np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
+    assert not Predictor(d, enable_mkldnn=False).config.mkldnn_enabled()
 
     net = TinyInterp()
     net.eval()
     d = export(net, tmp_path / "interp", None, info)
-    assert read_model_yml(d)["_Attributes"]["onednn"] is False          # the program has interp ops
-    with pytest.warns(UserWarning, match="oneDNN"):
-        pred = Predictor(d, enable_mkldnn=True, enable_memory_optim=True)
-    assert not pred.config.mkldnn_enabled()
+    attrs = read_model_yml(d)["_Attributes"]
+    rec = attrs["predictor"]
+    assert rec["onednn"] is True and rec["delete_passes"] == CPU_SETTINGS[1]["delete_passes"]
+    assert "fails" in rec["tried"][0]["result"] and attrs["onednn"] is True
+    pred = Predictor(d, enable_memory_optim=True)
+    assert pred.config.mkldnn_enabled() and pred.cpu_settings["delete_passes"] == ["onednn_placement_pass"]
     np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
 
 

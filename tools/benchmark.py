@@ -3,13 +3,13 @@
     python tools/benchmark.py --model factseg [--batch 2] [--size 256] [--threads 2] [--repeat 5]
     python tools/benchmark.py --model rsmamba_b --scan_scaling [--lengths 196,784,3136]
 
-Measures, with the same weights and inputs: torch eager forward (eval), Paddle dygraph
-forward (eval), one training step each (forward + the model's real loss + backward +
-optimizer step) and the Paddle Inference forward of the exported graph (oneDNN as the
-export records it, paddle_rs/deploy/predictor.py). Each pair is timed in alternating rounds
-(torch/Paddle, dygraph/inference), so both sides of a ratio see the same machine load.
-Prints medians and the ratios paddle/torch (< 1 means Paddle is faster) and
-inference/dygraph; ``--json`` writes them to a file.
+Measures, with the same weights and inputs: torch eager forward (eval), Paddle dygraph forward (eval) of the
+plain model and with the CPU kernels (paddle_rs.cpu_kernels, when they build here), one training step each
+(forward + the model's real loss + backward + optimizer step), and the portable export (the default
+deploy/export_model.py graph) in Paddle Inference (CPU settings as the export measured them, model.yml) and in
+onnxruntime. The timings of one table row are taken in alternating rounds (torch / plain / accelerated;
+torch / dygraph / inference / onnxruntime), so both sides of a ratio see the same machine load. Prints medians
+and the ratios to torch (< 1 means faster than torch); ``--json`` writes them to a file.
 
 ``--scan_scaling``: instead, the family's ``scan_scaling`` hook (align/cases/<family>.py) times its sequence
 operator alone at several lengths, forward and forward + backward in both frameworks (RSMamba: the selective
@@ -64,11 +64,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no_train", action="store_true", help="skip the training-step timing")
     ap.add_argument("--no_inference", action="store_true", help="skip the Paddle Inference timing")
-    ap.add_argument("--conv", choices=("auto", "onednn", "plain"), default="auto",
-                    help="convolution backend of the timed export (deploy/export_model.py --conv)")
-    ap.add_argument("--ops", choices=("auto", "custom", "plain"), default="auto",
-                    help="softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transpose backend of the timed export "
-                         "(deploy/export_model.py --ops)")
+    ap.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime timing of the portable graph")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="glibc allocator thresholds for the whole process, both frameworks "
                          "(paddle_rs.utils.runtime.tune_cpu_malloc, as train/eval/infer use; 'default': glibc's)")
@@ -86,14 +82,16 @@ def main(argv=None):
 
     from align.cases import get_case
     torch.set_num_threads(args.threads)
-    case = get_case(args.model, size=args.size)
+    case = get_case(args.model, size=args.size, cpu_kernels="off")
     if args.scan_scaling:
         return scan_scaling(case, args)
     x, y = case.bench_batch(args.batch)
-    tm, pm = case.build_pair()
+    tm, pm = case.build_pair()                         # plain Paddle model (case built with cpu_kernels off)
     tx, px = case.to_torch(x), case.to_paddle(x)
+    from paddle_rs.cpu_kernels import accelerated, resolve
+    kernels = resolve("auto")
     res = {"model": args.model, "batch": args.batch, "input": list(x.shape), "threads": args.threads,
-           "malloc": malloc or "glibc default"}
+           "malloc": malloc or "glibc default", "cpu_kernels_available": kernels}
 
     tm.eval(), pm.eval()
 
@@ -105,41 +103,82 @@ def main(argv=None):
         with paddle.no_grad():
             pm(px).numpy()
 
-    res["torch_forward_s"], res["paddle_forward_s"] = interleaved([t_fwd, p_fwd], args.repeat)
+    def p_fwd_fast():
+        with accelerated(pm), paddle.no_grad():
+            pm(px).numpy()
+
+    fns = [t_fwd, p_fwd] + ([p_fwd_fast] if kernels else [])
+    times = interleaved(fns, args.repeat)
+    res["torch_forward_s"], res["paddle_forward_s"] = times[:2]
+    if kernels:
+        res["paddle_forward_cpu_kernels_s"] = times[2]
     if not args.no_train:
         t_step, p_step = case.train_step_fns(tm, pm, x, y)
-        res["torch_train_step_s"], res["paddle_train_step_s"] = interleaved([t_step, p_step], args.repeat, warmup=1)
+
+        def p_step_fast():
+            with accelerated(pm):
+                p_step()
+
+        fns = [t_step, p_step] + ([p_step_fast] if kernels else [])
+        times = interleaved(fns, args.repeat, warmup=1)
+        res["torch_train_step_s"], res["paddle_train_step_s"] = times[:2]
+        if kernels:
+            res["paddle_train_step_cpu_kernels_s"] = times[2]
         tm.eval(), pm.eval()
     if not args.no_inference:
         from paddle_rs.deploy.export import export
         from paddle_rs.deploy.predictor import Predictor
         with tempfile.TemporaryDirectory() as d:
-            export(pm, os.path.join(d, "static"), input_shape=list(x.shape),
-                   model_info={"model_name": args.model}, conv=args.conv, ops=args.ops)
-            pred = Predictor(os.path.join(d, "static"), cpu_threads=args.threads)
-            # dygraph timed again, alternating with the predictor (the ratio's two sides under the same load)
-            res["paddle_forward_vs_inference_s"], res["inference_forward_s"] = interleaved(
-                [p_fwd, lambda: pred.run_batch(x)], args.repeat)
-            res["inference_onednn"] = bool(pred.config.mkldnn_enabled())
-            res["inference_conv"] = (pred.info.get("_Attributes") or {}).get("conv_backend")
-            res["inference_ops"] = (pred.info.get("_Attributes") or {}).get("ops_backend")
+            out = export(pm, os.path.join(d, "static"), input_shape=list(x.shape),
+                         model_info={"model_name": args.model})          # the portable default export
+            pred = Predictor(out, cpu_threads=args.threads)
+            fns, names = [t_fwd, p_fwd, lambda: pred.run_batch(x)], ["torch", "paddle", "inference"]
+            if not args.no_onnx:
+                try:
+                    import onnxruntime as ort
+
+                    from paddle_rs.deploy.onnx import export_onnx
+                    opts = ort.SessionOptions()
+                    opts.intra_op_num_threads = args.threads
+                    sess = ort.InferenceSession(export_onnx(out), opts, providers=["CPUExecutionProvider"])
+                    feed = {sess.get_inputs()[0].name: x}
+                    fns.append(lambda: sess.run(None, feed))
+                    names.append("onnxruntime")
+                except Exception as e:             # a converter gap is reported, not fatal
+                    res["onnx_error"] = str(e).splitlines()[0][:300]
+            # torch, dygraph and the predictors alternate (the ratios' sides under the same load)
+            times = dict(zip(names, interleaved(fns, args.repeat)))
+            res["torch_forward_vs_inference_s"] = times["torch"]
+            res["paddle_forward_vs_inference_s"] = times["paddle"]
+            res["inference_forward_s"] = times["inference"]
+            if "onnxruntime" in times:
+                res["onnxruntime_forward_s"] = times["onnxruntime"]
+            res["inference_settings"] = pred.cpu_settings
     res["ratio_forward_paddle_over_torch"] = res["paddle_forward_s"] / res["torch_forward_s"]
+    if "paddle_forward_cpu_kernels_s" in res:
+        res["ratio_forward_paddle_cpu_kernels_over_torch"] = res["paddle_forward_cpu_kernels_s"] / res["torch_forward_s"]
     if "paddle_train_step_s" in res:
         res["ratio_train_step_paddle_over_torch"] = res["paddle_train_step_s"] / res["torch_train_step_s"]
+    if "paddle_train_step_cpu_kernels_s" in res:
+        res["ratio_train_step_paddle_cpu_kernels_over_torch"] = \
+            res["paddle_train_step_cpu_kernels_s"] / res["torch_train_step_s"]
     if "inference_forward_s" in res:
         res["ratio_inference_over_dygraph"] = res["inference_forward_s"] / res["paddle_forward_vs_inference_s"]
+        res["ratio_inference_over_torch"] = res["inference_forward_s"] / res["torch_forward_vs_inference_s"]
+    if "onnxruntime_forward_s" in res:
+        res["ratio_onnxruntime_over_torch"] = res["onnxruntime_forward_s"] / res["torch_forward_vs_inference_s"]
     print(f"\n{args.model}: input {res['input']}, {args.threads} threads, median of {args.repeat}, "
-          f"malloc {'tuned' if malloc else 'glibc default'}")
+          f"malloc {'tuned' if malloc else 'glibc default'}, CPU kernels {'built' if kernels else 'unavailable'}")
     for k, v in res.items():
         if k.endswith("_s"):
-            print(f"  {k[:-2]:<28} {v * 1000:9.1f} ms")
-    if "inference_onednn" in res:
-        print(f"  inference: oneDNN {'on' if res['inference_onednn'] else 'off'}, convolutions "
-              f"{res['inference_conv'] or 'none'}, softmax / GELU / SiLU / ReLU / LayerNorm / Linear / transposes "
-              f"{res['inference_ops'] or 'none'}")
+            print(f"  {k[:-2]:<36} {v * 1000:9.1f} ms")
+    if "inference_settings" in res:
+        print(f"  inference (portable graph): {res['inference_settings']}")
+    if "onnx_error" in res:
+        print(f"  ONNX: {res['onnx_error']}")
     for k, v in res.items():
         if k.startswith("ratio_"):
-            print(f"  {k:<40} {v:6.2f}")
+            print(f"  {k:<48} {v:6.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

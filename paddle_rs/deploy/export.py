@@ -346,9 +346,8 @@ def resolve_scan_backend(model: nn.Layer, scan: str = "auto") -> Optional[str]:
 
 
 def _has_onednn_convs(model: nn.Layer) -> bool:
-    """Whether any of the model's convolutions would run on oneDNN in :func:`paddle_rs.ops.conv.conv2d` (k > 1)."""
-    from paddle_rs.ops.conv import Conv2D
-    return any(isinstance(m, Conv2D) and max(m.weight.shape[2:]) > 1 for m in [model] + list(model.sublayers()))
+    """Whether the model has convolutions that :func:`paddle_rs.ops.conv.conv2d` would run on oneDNN (k > 1)."""
+    return any(isinstance(m, nn.Conv2D) and max(m.weight.shape[2:]) > 1 for m in [model] + list(model.sublayers()))
 
 
 def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
@@ -385,9 +384,8 @@ def _custom_or_plain(model, arg, choice, custom, has_layers, loader, what):
 
 
 def _has_dygraph_ops(model: nn.Layer) -> bool:
-    from paddle_rs.ops.act import GELU, LayerNorm, ReLU, Silu
-    from paddle_rs.ops.linear import Linear
-    return any(isinstance(m, (GELU, LayerNorm, ReLU, Silu, Linear)) for m in [model] + list(model.sublayers()))
+    return any(isinstance(m, (nn.GELU, nn.LayerNorm, nn.ReLU, nn.Silu, nn.Linear))
+               for m in [model] + list(model.sublayers()))
 
 
 def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
@@ -407,22 +405,53 @@ def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
     return _custom_or_plain(model, "ops", ops, "custom", _has_dygraph_ops, dygraph_ext, "the dygraph-ops")
 
 
-def _onednn_ready(model: nn.Layer, program_dir) -> bool:
-    """Whether the predictor may run this export with oneDNN (``model.yml`` ``_Attributes.onednn``): the network
-    says its graph runs correctly with oneDNN (attribute ``onednn_inference``, verified by the export tests at two
-    input sizes; off where a oneDNN pass breaks the graph: RSMamba's matmuls, Swin / ViTAE's fc fusion, FactSeg's
-    decoder, measured on Paddle 3.3.1) and the PIR program holds no
-    ``*_interp`` op (Paddle#79749; :mod:`paddle_rs.ops.resize` keeps them out of paddle_rs exports)."""
-    if not getattr(model, "onednn_inference", False):
-        return False
-    from .predictor import has_interp_ops
-    program = os.path.join(program_dir, "model.json")
-    return not os.path.exists(program) or not has_interp_ops(program)   # legacy programs run interp with oneDNN
+def _sample_input(info: Dict, shape: List) -> "np.ndarray":
+    """A deterministic input for the predictor-settings check: the export's fixed shape, else 2 x C x 64 x 64
+    (a multiple of every model's size divisor)."""
+    import numpy as np
+    fixed = info["_Attributes"].get("fixed_input_shape")
+    c = int(info["_Attributes"]["in_channels"])
+    h, w = (int(fixed[2]), int(fixed[3])) if fixed else (64, 64)
+    n = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else (1 if fixed else 2)
+    return np.random.default_rng(0).standard_normal((n, c, h, w)).astype("float32")
+
+
+def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict, shape: List) -> Dict:
+    """The CPU predictor settings recorded in ``model.yml`` (``_Attributes.predictor``), measured: the first of
+    :data:`~paddle_rs.deploy.predictor.CPU_SETTINGS` (oneDNN with the fewest passes deleted first, oneDNN off
+    last) whose predictor builds, runs and matches the dygraph network within ``1e-4`` on a sample input. Paddle
+    3.3.1 needs ``onednn_placement_pass`` deleted for any graph with a ``*_interp`` op (Paddle#79749) and its fc
+    fusions deleted for the Swin / ViTAE graphs (they mis-shape a 3-D matmul); the record says what was tried."""
+    import numpy as np
+    from .predictor import CPU_SETTINGS, run_program
+    x = _sample_input(info, shape)
+    with paddle.no_grad():
+        want = [o.numpy() for o in net(paddle.to_tensor(x))]
+    tried = []
+    for settings in CPU_SETTINGS:
+        try:
+            got = run_program(program_dir, x, **settings)
+            err = max(float(np.abs(g.astype("float64") - w.astype("float64")).max()) for g, w in zip(got[1:], want[1:]))
+        except Exception as e:                # a Paddle defect: the predictor does not build or run
+            tried.append({**settings, "result": f"fails: {str(e).strip().splitlines()[-1][:160]}"})
+            continue
+        if err <= 1e-4:
+            return {**settings, "checked_max_abs": err, "tried": tried}
+        tried.append({**settings, "result": f"max |diff| {err:.2e} > 1e-4"})
+    raise RuntimeError(f"no CPU predictor setting reproduces the network within 1e-4: {tried}")
 
 
 def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dict] = None,
-           task: Optional[str] = None, scan: str = "auto", conv: str = "auto", ops: str = "auto") -> str:
+           task: Optional[str] = None, cpu_kernels: str = "off", scan: Optional[str] = None,
+           conv: Optional[str] = None, ops: Optional[str] = None) -> str:
     """Export ``model`` for Paddle Inference into ``save_dir`` (porting.md §5.1 recipe).
+
+    ``cpu_kernels``: ``"off"`` (default) writes a portable graph of Paddle's built-in ops only, which any Paddle
+    Inference build runs (CPU, GPU, C++, another machine) without paddle_rs or a compiler. ``"on"`` exports the
+    model accelerated (:mod:`paddle_rs.cpu_kernels`) with paddle_rs's CPU custom ops where they apply (the
+    ``"auto"`` rules of ``scan`` / ``conv`` / ``ops`` below); the serving process then needs paddle_rs, g++ and
+    an x86 CPU like this one, and ``model.yml`` records ``cpu_kernels: on`` and the ``custom_ops``. ``scan`` /
+    ``conv`` / ``ops`` (default: from ``cpu_kernels``) choose per op family.
 
     ``input_shape``: None (``[None, C, -1, -1]``), ``[h, w]`` or ``[n, c, h, w]`` (``n = -1`` dynamic batch).
     ``model_info``: see :func:`make_export_model_yml`. ``scan``: selective-scan backend of Mamba models (see
@@ -437,6 +466,20 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     leaves no half-written model behind. Returns the absolute ``save_dir``.
     """
     save_dir = os.path.abspath(os.fspath(save_dir))
+    if cpu_kernels not in ("off", "on"):
+        raise ValueError(f"cpu_kernels must be 'off' (portable graph) or 'on' (paddle_rs custom ops), "
+                         f"got {cpu_kernels!r}")
+    default = "auto" if cpu_kernels == "on" else None
+    scan = scan or default or "loop"
+    conv = conv or default or "plain"
+    ops = ops or default or "plain"
+    from paddle_rs.cpu_kernels import accelerated
+    with accelerated(model, enable=cpu_kernels == "on" or "fused" in (scan,) or conv == "onednn" or
+                     ops == "custom"):
+        return _export(model, save_dir, input_shape, model_info, task, scan, conv, ops)
+
+
+def _export(model, save_dir, input_shape, model_info, task, scan, conv, ops):
     # in_channels may come from model_info; peek before shape parsing
     mi = model_info or {}
     in_ch = (mi.get("_Attributes") or {}).get("in_channels") or mi.get("in_channels") or \
@@ -457,6 +500,8 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     ops_backend = resolve_ops_backend(model, ops)
     if ops_backend is not None:
         info["_Attributes"]["ops_backend"] = ops_backend
+    custom = backend == "fused" or conv_backend == "onednn" or ops_backend == "custom"
+    info["_Attributes"]["cpu_kernels"] = "on" if custom else "off"
     task = {v: k for k, v in MODEL_TYPES.items()}.get(info["_Attributes"]["model_type"], "seg")
     c = int(info["_Attributes"]["in_channels"])
     if fixed is None:
@@ -489,7 +534,8 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
             with open(os.path.join(tmp, "model.json")) as f:
                 program = f.read()
             info["_Attributes"].setdefault("custom_ops", []).extend(op for op in OPS if op in program)
-        info["_Attributes"]["onednn"] = _onednn_ready(model, tmp)
+        info["_Attributes"]["predictor"] = _choose_predictor_settings(net, tmp, info, shape)
+        info["_Attributes"]["onednn"] = bool(info["_Attributes"]["predictor"]["onednn"])
         write_model_yml(os.path.join(tmp, "model.yml"), info)
         write_yaml(os.path.join(tmp, "pipeline.yml"),
                    make_pipeline_yml(save_dir, info["_Attributes"]["model_type"]))

@@ -3,12 +3,12 @@
 ``Predictor(model_dir)`` reads ``model.yml`` (transforms, labels, model type), detects the program format
 (``model.json`` = PIR, else legacy ``model.pdmodel``) and configures Paddle Inference per the recipe:
 
-- oneDNN (``enable_mkldnn``): ``None`` (default) turns it on where the export recorded ``_Attributes.onednn:
-  true`` (:func:`paddle_rs.deploy.export._onednn_ready`: a network class verified with oneDNN, and a program
-  without ``*_interp`` ops -- oneDNN breaks those under PIR, Paddle#79749, so paddle_rs exports express resizes
-  as matmuls, :mod:`paddle_rs.ops.resize`). ``True`` on a PIR program with an interp op is **declined with a
-  warning**; ``False`` turns it off.
-  oneDNN's convolutions make the CPU predictor ~1.9x faster than without (UperNet-R50, 512x512).
+- CPU settings (``enable_mkldnn``): ``None`` (default) applies what the export measured and recorded in
+  ``model.yml`` ``_Attributes.predictor`` (``onednn`` and ``delete_passes``; the first of :data:`CPU_SETTINGS`
+  whose predictor reproduced the network within 1e-4): oneDNN on, with the IR passes deleted that break the graph
+  on Paddle 3.3.1 -- ``onednn_placement_pass`` for any graph with a ``*_interp`` op (``ConvertPirAttribute2Runtime
+  Attribute not support ArrayAttribute<DoubleAttribute>``, Paddle#79749) and the fc fusions for Swin / ViTAE (they
+  mis-shape a 3-D matmul). ``True`` / ``False`` force oneDNN on (with the recorded deletions) / off.
   ``enable_memory_optim`` is declined for PIR programs (Paddle#75496); legacy programs allow it;
 - custom ops (``model.yml`` ``_Attributes.custom_ops``) are registered before the program loads: the fused
   selective scan (``rs_selective_scan_fwd``, RSMamba) and the oneDNN convolution (``rs_conv2d_fwd``, which exports
@@ -36,7 +36,52 @@ import numpy as np
 
 from .model_yml import read_model_yml
 
-__all__ = ["Predictor", "undo_trans_info", "resize_bilinear", "resize_nearest", "tile_starts"]
+__all__ = ["Predictor", "undo_trans_info", "resize_bilinear", "resize_nearest", "tile_starts", "CPU_SETTINGS",
+           "configure_cpu", "run_program"]
+
+_FC_PASSES = ("fc_fuse_pass", "fc_onednn_pass", "fc_act_onednn_fuse_pass", "matmul_add_act_fuse_pass")
+# CPU predictor settings an export tries, fastest first (paddle_rs.deploy.export._choose_predictor_settings)
+CPU_SETTINGS = (
+    {"onednn": True, "delete_passes": []},
+    {"onednn": True, "delete_passes": ["onednn_placement_pass"]},                   # Paddle#79749 (interp ops)
+    {"onednn": True, "delete_passes": ["onednn_placement_pass", *_FC_PASSES]},      # + the fc fusions
+    {"onednn": False, "delete_passes": []},
+)
+
+
+def configure_cpu(cfg, threads: int = 2, onednn: bool = False, delete_passes: Sequence[str] = (),
+                  mkldnn_cache_capacity: int = 10):
+    """Apply CPU predictor settings to a ``paddle.inference.Config``."""
+    cfg.disable_gpu()
+    cfg.set_cpu_math_library_num_threads(int(threads))
+    if onednn:
+        cfg.enable_mkldnn()
+        cfg.set_mkldnn_cache_capacity(int(mkldnn_cache_capacity))
+        for name in delete_passes:
+            cfg.delete_pass(name)
+    else:
+        cfg.disable_mkldnn()
+    return cfg
+
+
+def run_program(model_dir, image: np.ndarray, threads: int = 2, onednn: bool = False,
+                delete_passes: Sequence[str] = ()) -> List[np.ndarray]:
+    """Outputs of the exported program for ``image`` (float32 NCHW, no transforms) on CPU with these settings."""
+    import paddle.inference as pdi
+    model_dir = os.fspath(model_dir)
+    model_file = os.path.join(model_dir, "model.json")
+    if not os.path.isfile(model_file):
+        model_file = os.path.join(model_dir, "model.pdmodel")
+    cfg = configure_cpu(pdi.Config(model_file, os.path.join(model_dir, "model.pdiparams")), threads, onednn,
+                        delete_passes)
+    cfg.switch_use_feed_fetch_ops(False)
+    cfg.disable_glog_info()
+    predictor = pdi.create_predictor(cfg)
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(image.shape))
+    handle.copy_from_cpu(np.ascontiguousarray(image, dtype=np.float32))
+    predictor.run()
+    return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
 
 _SKIP_OPS = ("ToCHW", "ArrangeSegmenter", "ArrangeClassifier", "ArrangeDetector", "ArrangeChangeDetector",
              "ArrangeRestorer")
@@ -173,23 +218,17 @@ class Predictor:
                                                min_subgraph_size=3, precision_mode=prec, use_static=False,
                                                use_calib_mode=False)
         else:
-            cfg.disable_gpu()
-            cfg.set_cpu_math_library_num_threads(int(cpu_threads))
             if precision not in ("fp32", None):
                 warnings.warn(f"precision={precision!r} is not supported on CPU; using fp32")
-            interp = self.is_pir and has_interp_ops(model_file)
-            if enable_mkldnn is None:          # auto: oneDNN where the export recorded that it runs correctly
-                enable_mkldnn = bool(attrs.get("onednn", False)) and not interp
-            elif enable_mkldnn and interp:
-                warnings.warn("enable_mkldnn declined: oneDNN breaks interpolate ops in PIR programs "
-                              "(Paddle#79749) and this program has one (exports from paddle_rs use "
-                              "paddle_rs.ops.resize and have none); running with oneDNN off")
-                enable_mkldnn = False
-            if enable_mkldnn:
-                cfg.enable_mkldnn()
-                cfg.set_mkldnn_cache_capacity(int(mkldnn_cache_capacity))
-            else:
-                cfg.disable_mkldnn()
+            recorded = attrs.get("predictor") or {"onednn": bool(attrs.get("onednn", False)), "delete_passes": []}
+            passes = list(recorded.get("delete_passes") or [])
+            if enable_mkldnn is None:          # what the export measured
+                enable_mkldnn = bool(recorded.get("onednn", False))
+            elif enable_mkldnn and self.is_pir and has_interp_ops(model_file) and \
+                    "onednn_placement_pass" not in passes:
+                passes.append("onednn_placement_pass")      # Paddle#79749: oneDNN cannot place interp ops
+            configure_cpu(cfg, cpu_threads, bool(enable_mkldnn), passes, mkldnn_cache_capacity)
+            self.cpu_settings = {"onednn": bool(enable_mkldnn), "delete_passes": passes if enable_mkldnn else []}
         if enable_memory_optim:
             if self.is_pir:
                 warnings.warn("enable_memory_optim declined: it fails with PIR programs (Paddle#75496)")
