@@ -351,15 +351,11 @@ def _has_onednn_convs(model: nn.Layer) -> bool:
 
 
 def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
-    """The convolution an export puts into the graph for the model's k > 1 ``paddle_rs.ops.conv.Conv2D`` layers
-    (None: it has none).
+    """The convolution an export puts into the graph for the model's k > 1 convolutions (None: it has none).
 
-    ``auto``: the oneDNN custom op (:data:`paddle_rs.ops.conv.CONV_OP`) when the model's predictor runs without
-    oneDNN (``onednn_inference`` False: Swin, ViTAE, FactSeg, RSMamba on Paddle 3.3.1; their Paddle Inference
-    would otherwise use the im2col convolution, 1.5-2x slower than oneDNN on 3x3 kernels) and the extension
-    builds here; otherwise the ordinary ``conv2d`` (``plain``), which a oneDNN predictor fuses with its BatchNorm
-    and activation. ``onednn`` fails when the extension is unavailable; ``plain`` gives a graph without custom
-    convolutions.
+    ``auto`` (what ``cpu_kernels="on"`` uses): the oneDNN custom op (:data:`paddle_rs.ops.conv.CONV_OP`) when the
+    extension builds here, else the ordinary ``conv2d`` (``plain``). ``onednn`` fails when the extension is
+    unavailable; ``plain`` (the portable default) gives a graph without custom convolutions.
     """
     from paddle_rs.ops.conv import onednn_ext
     return _custom_or_plain(model, "conv", conv, "onednn", _has_onednn_convs, onednn_ext, "the oneDNN conv2d")
@@ -367,13 +363,13 @@ def resolve_conv_backend(model: nn.Layer, conv: str = "auto") -> Optional[str]:
 
 def _custom_or_plain(model, arg, choice, custom, has_layers, loader, what):
     """The rule :func:`resolve_conv_backend` and :func:`resolve_ops_backend` share: ``None`` without the layers;
-    ``plain`` when asked for, or on ``auto`` when the predictor runs with oneDNN; ``custom`` when the extension
-    (``loader()``) builds here; an error when ``custom`` was asked for and it does not."""
+    ``plain`` when asked for; ``custom`` when the extension (``loader()``) builds here; an error when ``custom`` was
+    asked for and it does not."""
     if choice not in ("auto", custom, "plain"):
         raise ValueError(f"{arg} must be 'auto', '{custom}' or 'plain', got {choice!r}")
     if not has_layers(model):
         return None
-    if choice == "plain" or (choice == "auto" and getattr(model, "onednn_inference", False)):
+    if choice == "plain":
         return "plain"
     if loader() is not None:
         return custom
@@ -394,18 +390,16 @@ def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
     no GELU / SiLU / ReLU / LayerNorm / Linear layer). With the custom ops, broadcast adds / multiplies / divides
     (:mod:`paddle_rs.ops.elementwise`, 1x1-convolution biases included) are expanded to equal shapes first.
 
-    ``auto``: their custom ops (``csrc/dygraph_ops_cpu.cc``: oneDNN softmax, GELU, SiLU, ReLU, LayerNorm,
-    transposes; linear as one ``addmm``) when the model's predictor runs without oneDNN (``onednn_inference``
-    False: Swin, ViTAE, RSMamba; Paddle's own CPU kernels for these are several times slower, which made Paddle
-    Inference slower than
-    dygraph) and the extension builds here; otherwise Paddle's ops (``plain``). ``custom`` fails when the
-    extension is unavailable; ``plain`` gives a graph without them.
+    ``auto`` (what ``cpu_kernels="on"`` uses): their custom ops (``csrc/dygraph_ops_cpu.cc``: oneDNN GELU, SiLU,
+    ReLU, LayerNorm; linear as one ``addmm``) when the extension builds here, else Paddle's ops (``plain``).
+    ``custom`` fails when the extension is unavailable; ``plain`` (the portable default) gives a graph without
+    them.
     """
     from paddle_rs.ops._dygraph_ext import dygraph_ext
     return _custom_or_plain(model, "ops", ops, "custom", _has_dygraph_ops, dygraph_ext, "the dygraph-ops")
 
 
-def _sample_input(info: Dict, shape: List) -> "np.ndarray":
+def _sample_input(info: Dict, shape: List):
     """A deterministic input for the predictor-settings check: the export's fixed shape, else 2 x C x 64 x 64
     (a multiple of every model's size divisor)."""
     import numpy as np

@@ -269,7 +269,7 @@ class Predictor:
                 raise RuntimeError(
                     f"{self.model_dir} was exported with {what} ({op}), whose C++ extension cannot be built on "
                     f"this machine (see the warning above; it needs {needs}). Install what it needs, or re-export "
-                    f"with `python deploy/export_model.py ... {flag}` for a graph without it")
+                    f"without `--cpu-kernels on` (the default export is portable; `{flag}` drops this op alone)")
 
     # ----------------------------------------------------------------------------------------------------
     @staticmethod

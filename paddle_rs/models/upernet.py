@@ -53,12 +53,6 @@ class UperNet(nn.Layer):
 
     size_divisor = 32
 
-    @property
-    def onednn_inference(self):
-        """The export runs correctly with oneDNN (and ~1.9x faster) for the ResNet-50 backbone; Paddle Inference
-        3.3.1's oneDNN fc fusion mis-shapes the Swin / ViTAE graphs (create_predictor fails), so those run without."""
-        return isinstance(self.backbone, ResNet)
-
     def __init__(self, backbone="swin_t", num_classes=5, drop_path_rate=None, dropout_ratio=0.1, img_size=None,
                  channels=512, aux_channels=256, pool_scales=(1, 2, 3, 6), align_corners=False):
         super().__init__()
