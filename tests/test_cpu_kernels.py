@@ -224,3 +224,33 @@ def test_upernet_onnx_at_a_real_size(tmp_path):
     with paddle.no_grad():
         want = InferNet(m, task="seg")(x)[1].numpy()
     _check_onnx("upernet_r50_192", out, x.numpy(), want)
+
+
+class _Pyramid(nn.Layer):
+    """UperNet's PPM in small: adaptive average pooling to 3x3 of an 8x8 map (3 does not divide 8), back up."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2D(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2D(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + paddle.nn.functional.interpolate(self.pool(y), size=y.shape[2:], mode="bilinear")
+
+
+def test_onnx_export_refuses_an_inexact_conversion(tmp_path):
+    """paddle2onnx writes adaptive pooling to a non-dividing size as a plain AveragePool (wrong values, not an
+    error); the ONNX export compares with Paddle Inference and keeps no file."""
+    import importlib.util
+    require(all(importlib.util.find_spec(m) for m in ("paddle2onnx", "onnxruntime")),
+            "ONNX export needs paddle2onnx and onnxruntime (pip install -e . installs them)")
+    from paddle_rs.deploy.export import export
+    from paddle_rs.deploy.onnx import export_onnx
+    paddle.seed(0)
+    net = _Pyramid()
+    net.eval()
+    out = export(net, tmp_path / "static", input_shape=[1, 3, 8, 8], model_info={"task": "seg", "num_classes": 4})
+    with pytest.raises(RuntimeError, match="inexactly"):
+        export_onnx(out)
+    assert not os.path.exists(os.path.join(out, "model.onnx"))

@@ -18,12 +18,29 @@ __all__ = ["export_onnx", "run_onnx", "OPSET"]
 OPSET = 17
 
 
-def export_onnx(save_dir, opset: int = OPSET, save_file: Optional[str] = None) -> str:
+def _check_against_paddle(save_dir, onnx_file, attrs, tol) -> float:
+    """Largest score difference between onnxruntime and the Paddle Inference predictor (the settings the export
+    recorded) on a deterministic sample input at the export's fixed shape (64x64 for a dynamic one)."""
+    from .predictor import run_program
+    fixed = attrs.get("fixed_input_shape")
+    c = int(attrs.get("in_channels") or 3)
+    shape = [1 if not fixed or fixed[0] <= 0 else int(fixed[0]), c] + ([int(fixed[2]), int(fixed[3])] if fixed
+                                                                       else [64, 64])
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    settings = attrs.get("predictor") or {"onednn": False, "delete_passes": []}
+    want = run_program(save_dir, x, onednn=bool(settings.get("onednn")),
+                       delete_passes=settings.get("delete_passes") or [])
+    got = run_onnx(onnx_file, x)
+    return float(np.abs(got[1].astype("float64") - want[1].astype("float64")).max())
+
+
+def export_onnx(save_dir, opset: int = OPSET, save_file: Optional[str] = None, tol: float = 1e-4) -> str:
     """``save_dir`` (a portable export) -> path of the written ONNX file (default ``save_dir/model.onnx``).
 
     Raises ``RuntimeError`` naming the cause when paddle2onnx is missing, the export holds custom ops, the converter
     rejects an operator, or onnxruntime (where installed) cannot load the converted file (its message names the
-    node). Known on paddle2onnx 2.1 / onnxruntime 1.32: UperNet's pooling pyramid (adaptive average pooling to 3x3
+    node) or its scores differ from Paddle Inference's by more than ``tol`` on a sample input (a converter that
+    approximates an operator: no file is kept). Known on paddle2onnx 2.1 / onnxruntime 1.32: UperNet's pooling pyramid (adaptive average pooling to 3x3
     and 6x6, sizes that do not divide the feature map) becomes an ``AveragePool`` with non-positive strides; the
     selective scan's ``while_loop`` (RSMamba) becomes a ``Loop`` whose condition onnxruntime rejects (declared as a
     scalar, inferred as a 1-element tensor)."""
@@ -65,6 +82,7 @@ def export_onnx(save_dir, opset: int = OPSET, save_file: Optional[str] = None) -
         import onnxruntime as ort
     except ImportError:                     # pragma: no cover - checked where onnxruntime is installed
         ort = None
+    checked = None
     if ort is not None:
         try:
             ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
@@ -72,8 +90,18 @@ def export_onnx(save_dir, opset: int = OPSET, save_file: Optional[str] = None) -
             os.remove(tmp)
             raise RuntimeError(f"paddle2onnx {paddle2onnx.__version__} converted {program}, but onnxruntime "
                                f"{ort.__version__} cannot load the result: {str(e).strip().splitlines()[0]}") from e
+        checked = _check_against_paddle(save_dir, tmp, attrs, tol)
+        if checked > tol:
+            os.remove(tmp)
+            raise RuntimeError(
+                f"paddle2onnx {paddle2onnx.__version__} converted {program}, but the ONNX graph's scores differ from "
+                f"Paddle Inference's by {checked:.2e} (> {tol:g}) on a sample input: an operator is converted "
+                f"inexactly (known: adaptive average pooling to a size that does not divide the input, e.g. "
+                f"UperNet's 3x3 / 6x6 pyramid pooling unless the stride-32 map is a multiple of 6, an input side "
+                f"that is a multiple of 192). No model.onnx was written")
     os.replace(tmp, out)
-    attrs["onnx"] = {"file": os.path.basename(out), "opset": int(opset), "paddle2onnx": paddle2onnx.__version__}
+    attrs["onnx"] = {"file": os.path.basename(out), "opset": int(opset), "paddle2onnx": paddle2onnx.__version__,
+                     "checked_max_abs": checked}
     info["_Attributes"] = attrs
     write_model_yml(os.path.join(save_dir, "model.yml"), info)
     return out
