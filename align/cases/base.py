@@ -14,6 +14,39 @@ class ParityCase:
         self.cpu_kernels = resolve(cpu_kernels)     # the Paddle side runs accelerated (paddle_rs.cpu_kernels)
 
     # -- helpers shared by all families ---------------------------------------------------------
+    @staticmethod
+    def log_train_forward(log, pair, pair64, tx, px, names):
+        """Train-mode forward of both frameworks without gradients (BatchNorm on batch statistics), fp32 then
+        float64: the outputs as ``train_<name>`` / ``train_<name>_fp64``, the BatchNorm running-statistic updates of
+        the fp32 forward, and a note on how far each framework's fp32 first output is from torch's float64 one."""
+        import paddle
+        import torch
+
+        from align.training import bn_forward_gaps
+        (tm, pm), (tm64, pm64) = pair, pair64
+        for m in (tm, pm, tm64, pm64):
+            m.train()
+        with bn_forward_gaps(tm, pm) as bn:
+            with torch.no_grad():
+                tout = tm(tx)
+            with paddle.no_grad():
+                pout = pm(px)
+        for name, a, b in zip(names, tout, pout):
+            log.add(f"train_{name}", a, b)
+        log.add_gap("train_bn_running_mean", bn.mean, bn.names)
+        log.add_gap("train_bn_running_var_d1", bn.var, bn.names)
+        with torch.no_grad():
+            tout64 = tm64(tx.double())
+        with paddle.no_grad():
+            pout64 = pm64(px.astype("float64"))
+        for name, a, b in zip(names, tout64, pout64):
+            log.add(f"train_{name}_fp64", a, b)
+        ref = tout64[0].numpy()
+        gap_ref = float(np.abs(tout[0].numpy().astype(np.float64) - ref).max())
+        gap_port = float(np.abs(pout[0].numpy().astype(np.float64) - ref).max())
+        log.notes.append(f"train {names[0].replace('_', ' ')} vs torch fp64: torch fp32 {gap_ref:.2e}, paddle fp32 "
+                         f"{gap_port:.2e}")
+
     def build_pair(self, dtype="float32", prepare=None, state=None, **overrides):
         """Torch reference from its seeded random init and the Paddle port loaded from it through convert/, both in
         eval mode. ``prepare(tm)``: applied to the fp32 reference before anything else (e.g. conditioning, see

@@ -140,7 +140,6 @@ class FactSegCase(ParityCase):
         import paddle
         import torch
 
-        from align.training import bn_forward_gaps
         tm, pm = self.build_pair()
         tx, px = self.to_torch(self.x), self.to_paddle(self.x)
         with torch.no_grad():
@@ -156,28 +155,8 @@ class FactSegCase(ParityCase):
         log.add("eval_fg_logits", tfg, pfg)
         log.add("eval_bi_logits", tbi, pbi)
         log.add("eval_cp_prob", tprob, pprob)
-        tm.train(), pm.train()
-        with bn_forward_gaps(tm, pm) as bn:
-            with torch.no_grad():
-                tfg, tbi = tm(tx)
-            with paddle.no_grad():
-                pfg, pbi = pm(px)
-        log.add("train_fg_logits", tfg, pfg)
-        log.add("train_bi_logits", tbi, pbi)
-        log.add_gap("train_bn_running_mean", bn.mean, bn.names)
-        log.add_gap("train_bn_running_var_d1", bn.var, bn.names)
-        # the same comparison in float64: the port's arithmetic without fp32 rounding
-        tm64, pm64 = self.build_pair(dtype="float64")
-        tm64.train(), pm64.train()
-        with torch.no_grad():
-            tfg64, tbi64 = tm64(tx.double())
-        with paddle.no_grad():
-            pfg64, pbi64 = pm64(px.astype("float64"))
-        log.add("train_fg_logits_fp64", tfg64, pfg64)
-        log.add("train_bi_logits_fp64", tbi64, pbi64)
-        gap_ref = float(np.abs(tfg.numpy().astype(np.float64) - tfg64.numpy()).max())
-        gap_port = float(np.abs(pfg.numpy().astype(np.float64) - tfg64.numpy()).max())
-        log.notes.append(f"train fg logits vs torch fp64: torch fp32 {gap_ref:.2e}, paddle fp32 {gap_port:.2e}")
+        # the same comparison in float64 too: the port's arithmetic without fp32 rounding
+        self.log_train_forward(log, (tm, pm), self.build_pair(dtype="float64"), tx, px, ("fg_logits", "bi_logits"))
 
     def metric(self, log):
         from paddle_rs.metrics.segmentation import SegMetric as PMetric

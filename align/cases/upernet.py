@@ -299,7 +299,6 @@ class UperNetCase(ParityCase):
         import paddle
         import torch
 
-        from align.training import bn_forward_gaps
         tm, pm = self.build_pair()
         tx, px = self.to_torch(self.x), self.to_paddle(self.x)
         with torch.no_grad():
@@ -327,26 +326,7 @@ class UperNetCase(ParityCase):
         log.notes.append(f"eval logits vs torch fp64: torch fp32 {gap_ref:.2e}, paddle fp32 {gap_port:.2e} "
                          f"(max |logit| {float(np.abs(t64).max()):.1f})")
         # train mode: (decode at H/4, aux at H/16); drop path / dropout are 0, BN uses batch statistics
-        tm.train(), pm.train()
-        with bn_forward_gaps(tm, pm) as bn:
-            with torch.no_grad():
-                td, ta = tm(tx)
-            with paddle.no_grad():
-                pd_, pa = pm(px)
-        log.add("train_decode_logits", td, pd_)
-        log.add("train_aux_logits", ta, pa)
-        log.add_gap("train_bn_running_mean", bn.mean, bn.names)
-        log.add_gap("train_bn_running_var_d1", bn.var, bn.names)
-        tm64.train(), pm64.train()
-        with torch.no_grad():
-            td64, ta64 = tm64(tx.double())
-        with paddle.no_grad():
-            pd64, pa64 = pm64(px.astype("float64"))
-        log.add("train_decode_logits_fp64", td64, pd64)
-        log.add("train_aux_logits_fp64", ta64, pa64)
-        gap_ref = float(np.abs(td.numpy().astype(np.float64) - td64.numpy()).max())
-        gap_port = float(np.abs(pd_.numpy().astype(np.float64) - td64.numpy()).max())
-        log.notes.append(f"train decode logits vs torch fp64: torch fp32 {gap_ref:.2e}, paddle fp32 {gap_port:.2e}")
+        self.log_train_forward(log, (tm, pm), (tm64, pm64), tx, px, ("decode_logits", "aux_logits"))
 
     # -- metric -------------------------------------------------------------------------------------------------
     def _metric_pair(self, log, prefix, pred, label, rows, ignore, keys=("iou", "f1", "precision", "recall",

@@ -399,26 +399,15 @@ def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
     return _custom_or_plain(model, "ops", ops, "custom", _has_dygraph_ops, dygraph_ext, "the dygraph-ops")
 
 
-def _sample_input(info: Dict, shape: List):
-    """A deterministic input for the predictor-settings check: the export's fixed shape, else 2 x C x 64 x 64
-    (a multiple of every model's size divisor)."""
-    import numpy as np
-    fixed = info["_Attributes"].get("fixed_input_shape")
-    c = int(info["_Attributes"]["in_channels"])
-    h, w = (int(fixed[2]), int(fixed[3])) if fixed else (64, 64)
-    n = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else (1 if fixed else 2)
-    return np.random.default_rng(0).standard_normal((n, c, h, w)).astype("float32")
-
-
-def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict, shape: List) -> Dict:
+def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict) -> Dict:
     """The CPU predictor settings recorded in ``model.yml`` (``_Attributes.predictor``), measured: the first of
     :data:`~paddle_rs.deploy.predictor.CPU_SETTINGS` (oneDNN with the fewest passes deleted first, oneDNN off
     last) whose predictor builds, runs and matches the dygraph network within ``1e-4`` on a sample input. Paddle
     3.3.1 needs ``onednn_placement_pass`` deleted for any graph with a ``*_interp`` op (Paddle#79749) and its fc
     fusions deleted for the Swin / ViTAE graphs (they mis-shape a 3-D matmul); the record says what was tried."""
     import numpy as np
-    from .predictor import CPU_SETTINGS, run_program
-    x = _sample_input(info, shape)
+    from .predictor import CPU_SETTINGS, run_program, sample_input
+    x = sample_input(info["_Attributes"])
     with paddle.no_grad():
         want = [o.numpy() for o in net(paddle.to_tensor(x))]
     tried = []
@@ -468,8 +457,7 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     conv = conv or default or "plain"
     ops = ops or default or "plain"
     from paddle_rs.cpu_kernels import accelerated
-    with accelerated(model, enable=cpu_kernels == "on" or "fused" in (scan,) or conv == "onednn" or
-                     ops == "custom"):
+    with accelerated(model, enable=cpu_kernels == "on" or scan == "fused" or conv == "onednn" or ops == "custom"):
         return _export(model, save_dir, input_shape, model_info, task, scan, conv, ops)
 
 
@@ -528,7 +516,7 @@ def _export(model, save_dir, input_shape, model_info, task, scan, conv, ops):
             with open(os.path.join(tmp, "model.json")) as f:
                 program = f.read()
             info["_Attributes"].setdefault("custom_ops", []).extend(op for op in OPS if op in program)
-        info["_Attributes"]["predictor"] = _choose_predictor_settings(net, tmp, info, shape)
+        info["_Attributes"]["predictor"] = _choose_predictor_settings(net, tmp, info)
         info["_Attributes"]["onednn"] = bool(info["_Attributes"]["predictor"]["onednn"])
         write_model_yml(os.path.join(tmp, "model.yml"), info)
         write_yaml(os.path.join(tmp, "pipeline.yml"),

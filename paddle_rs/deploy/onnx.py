@@ -20,13 +20,9 @@ OPSET = 17
 
 def _check_against_paddle(save_dir, onnx_file, attrs, tol) -> float:
     """Largest score difference between onnxruntime and the Paddle Inference predictor (the settings the export
-    recorded) on a deterministic sample input at the export's fixed shape (64x64 for a dynamic one)."""
-    from .predictor import run_program
-    fixed = attrs.get("fixed_input_shape")
-    c = int(attrs.get("in_channels") or 3)
-    shape = [1 if not fixed or fixed[0] <= 0 else int(fixed[0]), c] + ([int(fixed[2]), int(fixed[3])] if fixed
-                                                                       else [64, 64])
-    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    recorded) on the export's sample input (:func:`~paddle_rs.deploy.predictor.sample_input`)."""
+    from .predictor import run_program, sample_input
+    x = sample_input(attrs)
     settings = attrs.get("predictor") or {"onednn": False, "delete_passes": []}
     want = run_program(save_dir, x, onednn=bool(settings.get("onednn")),
                        delete_passes=settings.get("delete_passes") or [])

@@ -37,7 +37,7 @@ import numpy as np
 from .model_yml import read_model_yml
 
 __all__ = ["Predictor", "undo_trans_info", "resize_bilinear", "resize_nearest", "tile_starts", "CPU_SETTINGS",
-           "configure_cpu", "run_program"]
+           "configure_cpu", "run_program", "sample_input"]
 
 _FC_PASSES = ("fc_fuse_pass", "fc_onednn_pass", "fc_act_onednn_fuse_pass", "matmul_add_act_fuse_pass")
 # CPU predictor settings an export tries, fastest first (paddle_rs.deploy.export._choose_predictor_settings)
@@ -47,6 +47,16 @@ CPU_SETTINGS = (
     {"onednn": True, "delete_passes": ["onednn_placement_pass", *_FC_PASSES]},      # + the fc fusions
     {"onednn": False, "delete_passes": []},
 )
+
+
+def sample_input(attrs: Dict) -> np.ndarray:
+    """The deterministic input an export is checked on (predictor settings, ONNX), from ``model.yml``
+    ``_Attributes``: the fixed input shape, else 2 x C x 64 x 64 (a multiple of every model's size divisor)."""
+    fixed = attrs.get("fixed_input_shape")
+    c = int(attrs.get("in_channels") or 3)
+    h, w = (int(fixed[2]), int(fixed[3])) if fixed else (64, 64)
+    n = (int(fixed[0]) if fixed[0] > 0 else 1) if fixed else 2
+    return np.random.default_rng(0).standard_normal((n, c, h, w)).astype("float32")
 
 
 def configure_cpu(cfg, threads: int = 2, onednn: bool = False, delete_passes: Sequence[str] = (),
