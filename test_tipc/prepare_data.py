@@ -46,6 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from paddle_rs.utils.paths import shared_data_dir  # noqa: E402
+
 STAMP = ".tipc_data_stamp.json"
 STAMP_VERSION = 1
 SIZE = 128
@@ -53,7 +55,7 @@ N_TRAIN, N_VAL = 6, 2
 SEED = 0
 SHARED_MAX_IMAGES = 6            # per split
 SHARED_SCALE = 0.5
-DEFAULT_COCO_ROOT = os.path.join(os.path.dirname(ROOT), "shared", "data", "nwpu_vhr10_mini")
+DEFAULT_COCO_ROOT = os.path.join(shared_data_dir(ROOT), "nwpu_vhr10_mini")
 NWPU_NUM_CLASSES = 11            # background + 10 COCO categories
 NWPU_CLS_NUM_CLASSES = 10        # classification crops: the 10 COCO categories
 CLS_SHARED_SIZE = 224            # tools/prepare_dataset.py --task cls crop size

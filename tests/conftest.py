@@ -20,7 +20,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 STRICT_SKIPS = os.environ.get("PADDLE_RS_STRICT_SKIPS") == "1"
-SHARED = os.environ.get("PADDLE_RS_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+from paddle_rs.utils.paths import shared_data_dir  # noqa: E402
+
+SHARED = shared_data_dir(ROOT)
 NWPU = os.path.join(SHARED, "nwpu_vhr10_mini")
 HAVE_NWPU = os.path.isfile(os.path.join(NWPU, "annotations", "val.json"))
 NWPU_REASON = f"shared data absent: {NWPU} (set PADDLE_RS_SHARED_DATA)"

@@ -32,8 +32,9 @@ from paddle_rs.data.datasets import (coco_category_map, coco_semantic_mask, form
                                      object_crop_box, sliding_windows, write_text_atomic)
 from paddle_rs.data.raster_io import make_palette, read_image, write_image_png, write_mask_png  # noqa: E402
 from paddle_rs.data.transforms import resize_image, resize_label  # noqa: E402
+from paddle_rs.utils.paths import shared_data_dir  # noqa: E402
 
-DEFAULT_COCO_ROOT = os.path.join(os.path.dirname(ROOT), "shared", "data", "nwpu_vhr10_mini")
+DEFAULT_COCO_ROOT = os.path.join(shared_data_dir(ROOT), "nwpu_vhr10_mini")
 SPLITS = ("train", "val")
 
 
