@@ -3,8 +3,9 @@ elementwise, resize).
 
 A fast path replaces a Paddle op by a faster formulation *in dygraph on CPU in fp32 only*; everything else
 (static graphs, GPU, other dtypes, AMP) keeps the ordinary op, so non-CPU runs are unaffected and exports are too,
-unless an export asks for paddle_rs's custom ops explicitly (``set_static_conv`` / ``set_static_ops``, chosen by
-:func:`paddle_rs.deploy.export.export` for predictors that run without oneDNN).
+unless an export asks for paddle_rs's custom ops explicitly (``set_static_conv`` / ``set_static_ops``, which
+:func:`paddle_rs.deploy.export.export` sets for ``cpu_kernels="on"``). The layers reach these paths only after
+:func:`paddle_rs.accelerate` swapped them in.
 """
 import paddle
 
