@@ -26,9 +26,11 @@ asks for the custom ops (``deploy/export_model.py --cpu-kernels on``).
 
 The kernels are compiled on first use (g++ and oneDNN headers; cached under ``~/.cache/paddle_rs/ops``); a kernel
 that cannot be built falls back to Paddle's op with one warning. The tools choose with ``--cpu-kernels
-auto|on|off`` (:func:`resolve`): ``auto`` accelerates on a CPU device when the kernels build.
+auto|on|off`` (:func:`resolve`): ``auto`` accelerates on a CPU device when the kernels build, unless
+``$PADDLE_RS_CPU_KERNELS`` is ``on`` or ``off``.
 """
 import contextlib
+import os
 
 import paddle
 import paddle.nn as nn
@@ -36,6 +38,7 @@ import paddle.nn as nn
 __all__ = ["accelerate", "accelerated", "is_accelerated", "resolve", "available", "add_argument", "CHOICES"]
 
 CHOICES = ("auto", "on", "off")
+ENV = "PADDLE_RS_CPU_KERNELS"   # the default of ``auto`` (see :func:`resolve`)
 
 
 def _pairs():
@@ -99,9 +102,16 @@ def available() -> dict:
 
 def resolve(choice: str = "auto", device: str = None) -> bool:
     """``--cpu-kernels`` -> whether to accelerate. ``on``: yes (a kernel that cannot be built warns and falls back);
-    ``off``: no; ``auto``: yes on a CPU device (``device`` or ``paddle.get_device()``) when the kernels build."""
+    ``off``: no; ``auto``: what ``$PADDLE_RS_CPU_KERNELS`` says (``on`` / ``off``) when it is set, otherwise yes on a
+    CPU device (``device`` or ``paddle.get_device()``) when the kernels build. The variable sets the choice of
+    tools run by other tools (TIPC's training, export and inference steps) without a flag on each command line."""
     if choice not in CHOICES:
         raise ValueError(f"--cpu-kernels must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if choice == "auto":
+        env = os.environ.get(ENV, "").strip().lower()
+        if env not in ("",) + CHOICES:
+            raise ValueError(f"${ENV} must be one of {', '.join(CHOICES)}, got {env!r}")
+        choice = env or "auto"
     if choice != "auto":
         return choice == "on"
     device = device or paddle.get_device()

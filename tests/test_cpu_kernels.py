@@ -85,12 +85,21 @@ def test_accelerate_leaves_subclasses_alone():
     assert type(net[0]) is MyConv and type(net[1]) is not nn.Conv2D
 
 
-def test_resolve():
+def test_resolve(monkeypatch):
+    monkeypatch.delenv("PADDLE_RS_CPU_KERNELS", raising=False)
     assert resolve("off") is False and resolve("on") is True
     assert resolve("auto", device="gpu:0") is False
     assert resolve("auto", device="cpu") is KERNELS
     with pytest.raises(ValueError, match="--cpu-kernels"):
         resolve("fast")
+    # the environment decides "auto" (TIPC's chained tools), never an explicit choice
+    monkeypatch.setenv("PADDLE_RS_CPU_KERNELS", "off")
+    assert resolve("auto", device="cpu") is False and resolve("on") is True
+    monkeypatch.setenv("PADDLE_RS_CPU_KERNELS", "on")
+    assert resolve("auto", device="gpu:0") is True and resolve("off") is False
+    monkeypatch.setenv("PADDLE_RS_CPU_KERNELS", "fast")
+    with pytest.raises(ValueError, match="PADDLE_RS_CPU_KERNELS"):
+        resolve("auto")
 
 
 def _param_grads(m, x):
