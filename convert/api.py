@@ -37,9 +37,10 @@ def load_paddle_strict(paddle_model, state_dict, source="state_dict"):
         raise CheckpointError(f"{source} does not match the model: {e}") from e
 
 
-def convert_checkpoint(name, src, **overrides):
-    """Read an upstream torch checkpoint and return ``(paddle_state_dict, report)`` for model ``name``."""
-    sd = unwrap_state_dict(load_torch_checkpoint(src), source=src)
+def convert_checkpoint(name, src, allow=(), **overrides):
+    """Read an upstream torch checkpoint and return ``(paddle_state_dict, report)`` for model ``name``.
+    ``allow``: further pickled class names read as inert records (see :func:`load_torch_checkpoint`)."""
+    sd = unwrap_state_dict(load_torch_checkpoint(src, allow=allow), source=src)
     tm, pm = build_pair(name, **overrides)
     return torch_to_paddle(sd, tm, pm)
 
@@ -51,13 +52,19 @@ def atomic_save(obj, dst, saver):
 
 
 def save_paddle(sd, dst):
-    import paddle
-    atomic_save({k: np.asarray(v) for k, v in sd.items()}, dst, paddle.save)
+    """``.pdparams`` (a pickle of numpy arrays), or ``.safetensors`` by the suffix; written atomically."""
+    from paddle_rs.utils.io import save_state_file
+    save_state_file(sd, dst)
 
 
 def save_torch(sd, dst):
+    """``.pth`` (``torch.save``), or ``.safetensors`` by the suffix; written atomically."""
     import torch
-    atomic_save(sd, dst, torch.save)
+    if str(dst).endswith(".safetensors"):
+        from safetensors.torch import save_file
+        atomic_save({k: v.detach().contiguous().clone() for k, v in sd.items()}, dst, save_file)
+    else:
+        atomic_save(sd, dst, torch.save)
 
 
 __all__ = ["build_pair", "copy_torch_to_paddle", "load_paddle_strict", "convert_checkpoint", "save_paddle",

@@ -2,14 +2,17 @@
 
 Released checkpoints come as a plain state_dict, or wrapped: SimpleCV writes
 ``{'model': sd, 'opt': ..., 'global_step': n}``, mmengine/mmcv write
-``{'meta': ..., 'state_dict': sd, 'message_hub': <mmengine objects>, ...}``.
-Keys may carry DDP's ``module.`` prefix.
+``{'meta': ..., 'state_dict': sd, 'message_hub': <mmengine objects>, ...}``, and scripts like RMSIN's
+``train.py`` save ``{'model': sd, 'args': argparse.Namespace, ...}``. Keys may carry DDP's ``module.`` prefix.
+``.safetensors`` files are read as they are.
 
-Loading never executes pickled code: ``torch.load(weights_only=True)`` is tried
-first; if the file holds objects outside torch's allow-list (mmengine's
-``HistoryBuffer``, numpy scalars, ...), a restricted unpickler resolves only
-allow-listed globals and replaces every other class with an inert
-:class:`Opaque` record, so mmengine need not be installed.
+Loading never executes pickled code, in the zip format, the legacy format
+(``_use_new_zipfile_serialization=False``) and plain pickles alike: ``torch.load(weights_only=True)`` is tried
+first; if the file holds objects outside torch's allow-list (mmengine's ``HistoryBuffer``, numpy scalars, an
+``argparse.Namespace``), every pickle of the file -- the legacy format's header pickles included -- is read by
+paddle_rs's :class:`~paddle_rs.utils.safe_pickle.RestrictedUnpickler` with torch's tensor globals added. It loads
+allow-listed framework records as inert stand-ins (mmengine need not be installed) and refuses any other class
+or function, naming it; ``allow`` admits more classes as stand-ins (``--allow-class``).
 """
 import pickle
 import types
@@ -17,89 +20,67 @@ from collections import OrderedDict
 
 import torch
 
-__all__ = ["CheckpointError", "Opaque", "load_torch_checkpoint", "unwrap_state_dict"]
+from paddle_rs.utils.safe_pickle import Opaque, RestrictedUnpickler, UnsafePickleError
+
+__all__ = ["CheckpointError", "Opaque", "UnsafePickleError", "load_torch_checkpoint", "unwrap_state_dict"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be converted; the message says why and what to do."""
 
 
-class Opaque:
-    """Stand-in for a pickled object of a class we refuse to import. Holds its data, runs nothing."""
-
-    qualname = "?"
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs, self.state = args, kwargs, None
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __repr__(self):
-        return f"<Opaque {self.qualname}>"
-
-
-def _opaque_class(module, name):
-    return type(name, (Opaque,), {"qualname": f"{module}.{name}"})
-
-
-def _allowed_globals():
+def _torch_globals():
     from torch import _weights_only_unpickler as wou   # private, but the allow-list torch itself uses
-    allowed = dict(wou._get_allowed_globals())
-    try:  # numpy arrays/scalars inside mmengine meta (reconstruction only, no code)
-        import numpy as np
+    return dict(wou._get_allowed_globals())
+
+
+def _restricted_pickle_module(source, allow=()):
+    """A ``pickle``-like module for ``torch.load(pickle_module=...)``: its ``Unpickler`` *and* its ``load`` (which
+    torch's legacy format uses for its header pickles) are restricted; errors name ``source``."""
+    extra = _torch_globals()
+
+    class Unpickler(RestrictedUnpickler):
+        def __init__(self, file, **kwargs):
+            super().__init__(file, source=source, extra=extra, allow=allow, **kwargs)
+
+    mod = types.ModuleType("paddle_rs_restricted_pickle")
+    mod.Unpickler = Unpickler
+    mod.load = lambda f, **kwargs: Unpickler(f, **kwargs).load()
+    mod.UnpicklingError = pickle.UnpicklingError
+    return mod
+
+
+def _is_safetensors(path):
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def load_torch_checkpoint(path, allow=()):
+    """Load ``path`` (``.pth`` / ``.pt`` in any torch format, a plain pickle, or ``.safetensors``) on CPU without
+    executing pickled code; returns the raw object. ``allow``: further class names loaded as inert stand-ins."""
+    import os
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist" if not os.path.exists(path) else
+                              f"checkpoint {path!r} is not a file")
+    if _is_safetensors(path):
         try:
-            from numpy._core import multiarray as ma
-        except ImportError:  # numpy < 2
-            from numpy.core import multiarray as ma
-        allowed.update({
-            "numpy.core.multiarray._reconstruct": ma._reconstruct,
-            "numpy._core.multiarray._reconstruct": ma._reconstruct,
-            "numpy.core.multiarray.scalar": ma.scalar,
-            "numpy._core.multiarray.scalar": ma.scalar,
-            "numpy.ndarray": np.ndarray,
-            "numpy.dtype": np.dtype,
-        })
-    except Exception:  # pragma: no cover - numpy layout changes
-        pass
-    allowed["builtins.dict"] = dict
-    allowed["builtins.list"] = list
-    allowed["builtins.tuple"] = tuple
-    return allowed
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    _allowed = None
-
-    def find_class(self, module, name):
-        if _RestrictedUnpickler._allowed is None:
-            _RestrictedUnpickler._allowed = _allowed_globals()
-        key = f"{module}.{name}"
-        if key in self._allowed:
-            return self._allowed[key]
-        if module.startswith("torch") and "Storage" in name:   # legacy storages
-            return super().find_class(module, name)
-        return _opaque_class(module, name)
-
-
-_restricted_pickle = types.ModuleType("restricted_pickle")
-_restricted_pickle.Unpickler = _RestrictedUnpickler
-_restricted_pickle.load = pickle.load
-_restricted_pickle.__name__ = "restricted_pickle"
-
-
-def load_torch_checkpoint(path):
-    """Load ``path`` on CPU without executing pickled code; returns the raw object."""
+            from safetensors.torch import load_file
+            return load_file(path)
+        except Exception as e:
+            raise CheckpointError(f"{path!r} is not a readable .safetensors file ({type(e).__name__}: {e})") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
     except pickle.UnpicklingError:
         pass  # holds non-allow-listed objects (mmengine meta): fall back to the restricted unpickler
     except RuntimeError as e:
         raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({e})") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+        return torch.load(path, map_location="cpu", weights_only=False,
+                          pickle_module=_restricted_pickle_module(path, allow))
+    except UnsafePickleError as e:
+        raise CheckpointError(str(e)) from e
     except Exception as e:
         raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
 

@@ -7,6 +7,8 @@ renamed to ``running_mean``/``running_var``; ``num_batches_tracked`` and rebuilt
 index buffers come from the reference model. The result loads into torch_ref
 (and the upstream model) with ``strict=True``; torch -> paddle -> torch is
 bit-exact. Written atomically; any key problem is an error and nothing is written.
+The source is read without running pickled code (paddle_rs.utils.io.load_state_file);
+``.safetensors`` is accepted as the source and written when ``--dst`` ends with it.
 """
 import argparse
 import sys
@@ -15,20 +17,20 @@ import cli_common  # noqa: F401  (puts the repo root on sys.path)
 
 
 def main(argv=None):
-    import paddle
+    from paddle_rs.utils.io import WeightsFileError, load_state_file
 
     from convert.api import CheckpointError, build_pair, save_torch
     from convert.rules import paddle_to_torch
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawTextHelpFormatter)
     cli_common.add_common(ap)
-    ap.add_argument("--src", required=True, help="Paddle .pdparams")
-    ap.add_argument("--dst", required=True, help="output torch .pth")
+    ap.add_argument("--src", required=True, help="Paddle .pdparams or .safetensors")
+    ap.add_argument("--dst", required=True, help="output torch .pth, or .safetensors")
     args = ap.parse_args(argv)
     opts = cli_common.parse_opts(args.opt)
     try:
-        psd = paddle.load(args.src, return_numpy=True)
-    except Exception as e:
-        print(f"error: cannot read {args.src!r} as a Paddle state dict ({e})", file=sys.stderr)
+        psd = load_state_file(args.src)
+    except WeightsFileError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     try:
         tm, pm = build_pair(args.model, **opts)

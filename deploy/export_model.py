@@ -84,6 +84,15 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from paddle_rs.utils.io import StrictLoadError, WeightsFileError
+    try:
+        return _main(args)
+    except (WeightsFileError, StrictLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args):
     import paddle  # noqa: F401  (after argparse so --help is fast)
 
     from paddle_rs.deploy.export import build_from_model_dir, export, load_weights_strict

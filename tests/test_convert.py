@@ -94,20 +94,25 @@ def test_unwrap_variants():
         unwrap_state_dict({"optimizer": {}})
 
 
-class HistoryBuffer:   # stands in for mmengine.logging.HistoryBuffer, unknown to the loader
+class Record:   # a class of the test module: unknown to the loader, like a framework class it does not list
     def __init__(self):
         self.data = [1, 2]
 
 
-def test_mmengine_style_checkpoint_loads_without_running_pickled_code(tmp_path):
+def test_unknown_class_is_refused_unless_allowed(tmp_path):
+    """A class outside the allow-lists is refused, naming it; ``allow`` admits it as an inert record (it does not
+    become the real class, and its data is kept)."""
     path = tmp_path / "mm.pth"
     torch.save({"meta": {"epoch": 3, "arr": np.arange(3)}, "state_dict": {"head.fc.weight": torch.ones(2, 2)},
-                "message_hub": {"log": HistoryBuffer()}}, path)
+                "message_hub": {"log": Record()}}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
-    obj = load_torch_checkpoint(str(path))
-    assert type(obj["message_hub"]["log"]).__name__ == "HistoryBuffer"
-    assert type(obj["message_hub"]["log"]).__module__ != __name__     # inert stand-in, not our class
+    qualname = f"{Record.__module__}.Record"
+    with pytest.raises(CheckpointError, match=f"{str(path)}.*asks for '{qualname}'.*--allow-class {qualname}"):
+        load_torch_checkpoint(str(path))
+    obj = load_torch_checkpoint(str(path), allow=(qualname,))
+    rec = obj["message_hub"]["log"]
+    assert type(rec).__name__ == "Record" and not isinstance(rec, Record) and rec.state == {"data": [1, 2]}
     assert list(unwrap_state_dict(obj)) == ["head.fc.weight"]
 
 
@@ -169,3 +174,35 @@ def test_factseg_cli_round_trip(tmp_path):
     r = subprocess.run([sys.executable, "convert/torch2paddle.py", "--model", "factseg", "--opt", "num_classes=10",
                         "--src", str(src), "--dst", str(bad)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "fg_cls.weight" in r.stderr and not bad.exists()
+
+
+def test_safetensors_in_and_out_of_both_converters(tmp_path, capsys):
+    """torch .safetensors -> Paddle .safetensors -> torch .safetensors, bit-exact, through the CLIs' mains; the
+    Paddle file loads strictly into paddle_rs."""
+    import importlib.util
+
+    from safetensors.torch import load_file, save_file
+
+    from paddle_rs.utils.io import load_weights_strict
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(f"_{name}_st", os.path.join(ROOT, "convert", f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, os.path.join(ROOT, "convert"))
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            sys.path.remove(os.path.join(ROOT, "convert"))
+        return mod
+
+    tm, pm = build_pair("factseg")
+    src, mid, back = tmp_path / "t.safetensors", tmp_path / "p.safetensors", tmp_path / "b.safetensors"
+    save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(src))
+    assert script("torch2paddle").main(["--model", "factseg", "--src", str(src), "--dst", str(mid)]) == 0
+    load_weights_strict(pm, str(mid))
+    assert script("paddle2torch").main(["--model", "factseg", "--src", str(mid), "--dst", str(back)]) == 0
+    sd = load_file(str(back))
+    assert set(sd) == set(tm.state_dict())
+    for k, v in tm.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(sd[k], v), k

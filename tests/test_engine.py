@@ -417,3 +417,48 @@ def test_evaluate_and_table(capsys):
     assert f"mIoU {100 * iou.mean():.2f}" in out
     table = format_seg_table({**res, "iou": [float("nan")] + res["iou"][1:], "miou": float("nan")})
     assert "nan" in table.splitlines()[2] and "mIoU nan" in table
+
+
+# ----------------------------------------------------------------------------------------------------------
+# untrusted weight files in the training / evaluation tools (other entry points: test_untrusted_files.py)
+# ----------------------------------------------------------------------------------------------------------
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _poisoned_pdparams(path, marker):
+    paddle.save({"conv.weight": np.zeros(2, "float32"), "x": _Payload(marker)}, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("key", ["model.pretrained", "model.backbone_pretrained"])
+def test_train_refuses_pretrained_files_that_would_run_code(syn, tmp_path, capsys, key):
+    marker, save = tmp_path / "PAYLOAD_RAN", tmp_path / "run"
+    bad = _poisoned_pdparams(tmp_path / "pretrained.pdparams", marker)
+    args = ["--config", ISAID, "--save_dir", str(save), "--iters", "1", "--no_progress", "--opt"] + \
+        [f"{k}={'null' if v is None else v}" for k, v in _overrides(syn).items()] + [f"{key}={bad}"]
+    assert _load_tool("train").main(args) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists() and f"error: {bad}: refused to load" in err and "posix.system" in err
+    assert not save.exists() or not [n for n in os.listdir(save) if n.startswith("iter_") or n == "latest"]
+
+
+def test_eval_refuses_weights_that_would_run_code_or_are_not_weights(trained, tmp_path, capsys):
+    marker = tmp_path / "PAYLOAD_RAN"
+    cfg_path = os.path.join(trained, "config.yaml")
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights")
+    cases = {_poisoned_pdparams(tmp_path / "bad.pdparams", marker): "refused to load",
+             str(text): "is not a Paddle weights file",
+             str(tmp_path / "missing.pdparams"): "no such file"}
+    for weights, what in cases.items():
+        out = tmp_path / "eval.json"
+        assert _load_tool("eval").main(["--config", cfg_path, "--weights", weights, "--out", str(out),
+                                        "--no_progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: {weights}") and what in err[-1], err
+        assert not out.exists() and not marker.exists()

@@ -223,12 +223,12 @@ def test_batch_augment_draw_order_follows_upstream():
 # ----------------------------------------------------------------------------------------------------------
 # conversion of a released-style mmengine checkpoint
 # ----------------------------------------------------------------------------------------------------------
-def _fake_mmengine_checkpoint(path, sentinel, img_size):
+def _fake_mmengine_checkpoint(path, sentinel, img_size, trap=False, legacy=False):
     """An mmengine-style checkpoint of rsmamba_b as released: ``state_dict`` (half its keys with DDP's ``module.``)
     next to ``meta`` (numpy), ``message_hub`` (pickled mmengine ``HistoryBuffer`` objects), ``optimizer`` and
-    ``param_schedulers``, plus an object whose unpickling would delete ``sentinel``. The mmengine classes are
-    stand-ins pickled under mmengine's module paths, removed from ``sys.modules`` again before loading.
-    Returns the plain state_dict."""
+    ``param_schedulers``; with ``trap``, plus an object whose unpickling would delete ``sentinel``. The mmengine
+    classes are stand-ins pickled under mmengine's module paths, removed from ``sys.modules`` again before loading.
+    ``legacy``: torch's pre-1.6 format (``_use_new_zipfile_serialization=False``). Returns the plain state_dict."""
     import collections
     import types
 
@@ -261,14 +261,15 @@ def _fake_mmengine_checkpoint(path, sentinel, img_size):
             "state_dict": sd,
             "message_hub": {"log_scalars": {"train/lr": HistoryBuffer([5e-4, 4e-4]),
                                             "train/loss": HistoryBuffer([2.0])},
-                            "runtime_info": {"epoch": 500, "trap": Trap()}, "resumed_keys": {"epoch": False}},
+                            "runtime_info": dict(epoch=500, **({"trap": Trap()} if trap else {})),
+                            "resumed_keys": {"epoch": False}},
             "optimizer": {"state": {0: {"step": torch.tensor(46000.0), "exp_avg": torch.zeros(3)}},
                           "param_groups": [{"lr": 1e-5, "weight_decay": 0.05, "betas": (0.9, 0.999), "params": [0]}]},
             "param_schedulers": [{"start_factor": 0.001, "last_step": 920}, {"eta_min": 1e-5, "T_max": 490}]}
     saved = {k: sys.modules.get(k) for k in fake}
     sys.modules.update(fake)
     try:
-        torch.save(ckpt, str(path))
+        torch.save(ckpt, str(path), _use_new_zipfile_serialization=not legacy)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -326,6 +327,29 @@ def test_torch2paddle_cli_on_mmengine_checkpoint(tmp_path, capsys):
     assert rc == 0 and sentinel.exists() and "mmengine" not in sys.modules
     assert "output [1, 21]" in out and _verify_diff(out) < 1e-4
     _check_converted(dst, plain, 64)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_torch2paddle_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys, legacy):
+    """The same file with a payload beside the weights (zip and legacy torch formats): refused, the error names the
+    file and the function it asks for, the payload never ran and nothing is written."""
+    src, sentinel = tmp_path / "rsmamba_uc_b.pth", tmp_path / "sentinel"
+    sentinel.write_text("x")
+    _fake_mmengine_checkpoint(src, sentinel, img_size=32, trap=True, legacy=legacy)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_t2p", os.path.join(ROOT, "convert", "torch2paddle.py"))
+    sys.path.insert(0, os.path.join(ROOT, "convert"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        dst = tmp_path / "out.pdparams"
+        rc = mod.main(["--model", "rsmamba_b", "--opt", "num_classes=21", "--opt", "img_size=32", "--src", str(src),
+                       "--dst", str(dst)])
+    finally:
+        sys.path.remove(os.path.join(ROOT, "convert"))
+    err = capsys.readouterr().err
+    assert rc == 1 and sentinel.exists() and not dst.exists()
+    assert str(src) in err and "posix.remove" in err and "refused" in err
 
 
 @pytest.mark.slow

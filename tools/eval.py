@@ -57,7 +57,7 @@ def main(argv=None):
 
     import paddle
 
-    from paddle_rs.utils.io import load_weights_strict
+    from paddle_rs.utils.io import StrictLoadError, WeightsFileError, load_weights_strict
     from paddle_rs.engine.checkpoint import atomic_write_json
     from paddle_rs.engine.trainer import TASKS, model_init_params, resolve_config
     from paddle_rs.registry import get_entry
@@ -73,7 +73,11 @@ def main(argv=None):
     entry = get_entry(cfg["model"]["name"])
     task = TASKS[cfg.get("task") or entry.task](cfg)
     model = entry.builder(**model_init_params(cfg, entry))
-    load_weights_strict(model, args.weights)
+    try:
+        load_weights_strict(model, args.weights)
+    except (WeightsFileError, StrictLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from paddle_rs.cpu_kernels import accelerate, resolve
     if resolve(args.cpu_kernels, device):
         accelerate(model)

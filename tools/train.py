@@ -55,7 +55,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from paddle_rs.engine.checkpoint import CheckpointError
     from paddle_rs.engine.trainer import NonFiniteLossError, Trainer
+    from paddle_rs.utils.io import StrictLoadError, WeightsFileError
     from paddle_rs.utils.runtime import tune_cpu_malloc
 
     tune_cpu_malloc()   # reuse freed tensor memory (paddle_rs/utils/runtime.py); PADDLE_RS_TUNE_MALLOC=0: off
@@ -67,6 +69,9 @@ def main(argv=None):
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (WeightsFileError, StrictLoadError, CheckpointError) as e:     # pretrained / resume files
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if trainer.is_main:
         print(f"best model: {summary['best_model_dir']}  latest checkpoint: {summary['latest_checkpoint']}")
     return 0

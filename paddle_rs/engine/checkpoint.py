@@ -152,7 +152,13 @@ def optimizer_state_from_structured(state: Dict, model) -> Dict:
     _, by_struct = _param_maps(model)
     table = {"@" + n: pn for n, pn in by_struct.items()}
     out = _rename_state(state, table, "load")
-    return {k: (paddle.to_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+
+    def tensors(v):
+        if isinstance(v, np.ndarray):
+            return paddle.to_tensor(v)
+        return {mk: tensors(mv) for mk, mv in v.items()} if isinstance(v, dict) and v is not out.get("LR_Scheduler") \
+            else v
+    return {k: tensors(v) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,6 +166,12 @@ def optimizer_state_from_structured(state: Dict, model) -> Dict:
 # ----------------------------------------------------------------------------------------------------------
 def capture_rng_state() -> Dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "paddle": paddle.get_rng_state()}
+
+
+def _rng_globals():
+    """The one non-data class of ``rng_state.pkl``: Paddle's generator state (seed, offset, Mersenne state)."""
+    from paddle.base.libpaddle import GeneratorState
+    return {"paddle.base.libpaddle.GeneratorState": GeneratorState}
 
 
 def restore_rng_state(state: Dict) -> None:
@@ -273,7 +285,7 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
 
     Weights are loaded strictly (missing / unexpected / mis-shaped keys raise and name the keys).
     """
-    from ..utils.io import load_weights_strict
+    from ..utils.io import load_pickle_file, load_weights_strict
 
     path = os.fspath(path)
     state_file = os.path.join(path, STATE_FILE)
@@ -286,7 +298,7 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
         opt_file = os.path.join(path, "model.pdopt")
         if not os.path.isfile(opt_file):
             raise CheckpointError(f"{path}: no model.pdopt to resume the optimizer from")
-        opt_state = optimizer_state_from_structured(paddle.load(opt_file), model)
+        opt_state = optimizer_state_from_structured(load_pickle_file(opt_file), model)
         optimizer.set_state_dict(opt_state)
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.set_state_dict(state["scheduler"])
@@ -294,6 +306,5 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
         scaler.load_state_dict(state["scaler"])
     rng_file = os.path.join(path, "rng_state.pkl")
     if restore_rng and os.path.isfile(rng_file):
-        with open(rng_file, "rb") as f:
-            restore_rng_state(pickle.load(f))
+        restore_rng_state(load_pickle_file(rng_file, extra=_rng_globals()))
     return state

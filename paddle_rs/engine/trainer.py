@@ -539,7 +539,8 @@ class Trainer:
         if bp:
             bp = {"path": bp} if isinstance(bp, str) else dict(bp)
             prefix = bp.get("prefix", "")
-            state = paddle.load(bp["path"])
+            from ..utils.io import load_state_file
+            state = load_state_file(bp["path"])
             own = self.net.state_dict()
             used, skipped = {}, []
             for k, v in state.items():
