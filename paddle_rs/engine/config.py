@@ -99,12 +99,24 @@ def _load_with_bases(path: str, stack: Tuple[str, ...]) -> Dict:
     return merge_dicts(merged, data)
 
 
-def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Dict:
+def load_config(path: str, overrides: Optional[Iterable[str]] = None, check_keys: bool = True) -> Dict:
     """Load ``path`` with its ``_base_`` chain, then apply ``overrides`` (``'a.b=value'`` strings or a
-    ``{dotted_key: value}`` dict). Records the absolute file path under ``_config_path``."""
+    ``{dotted_key: value}`` dict). Records the absolute file path under ``_config_path``.
+
+    ``check_keys``: a key that the trainer does not know (:mod:`paddle_rs.engine.schema`), in the file or in an
+    override, is a :class:`ConfigError` naming it and the nearest valid key."""
+    from .schema import check_config_keys
+
     cfg = _load_with_bases(os.fspath(path), ())
+    if check_keys:
+        check_config_keys(cfg, os.fspath(path), ConfigError)
     if overrides:
-        cfg = apply_overrides(cfg, overrides)
+        items = list(overrides.items()) if isinstance(overrides, dict) else \
+            [_split_assignment(o) for o in overrides]
+        cfg = apply_overrides(cfg, dict(items) if isinstance(overrides, dict) else list(overrides))
+        if check_keys:
+            for k, v in items:
+                check_config_keys(cfg, f"override {k}={v}", ConfigError, only=[k])
     cfg["_config_path"] = os.path.abspath(os.fspath(path))
     return cfg
 
