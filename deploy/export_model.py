@@ -82,9 +82,32 @@ def build_parser():
     return p
 
 
+def _check_args(args):
+    """One-line errors for arguments that are wrong before anything is built or written."""
+    from paddle_rs.deploy.export import parse_input_shape
+    if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
+        raise ValueError(f"--save_dir {args.save_dir} is a file; pass a directory")
+    if args.model_dir:
+        if not os.path.isdir(args.model_dir):
+            raise ValueError(f"--model_dir {args.model_dir}: no such directory")
+        if not os.path.isfile(os.path.join(args.model_dir, "model.yml")):
+            raise ValueError(f"--model_dir {args.model_dir} has no model.yml (pass a training output's best_model/ "
+                             f"or iter_N/ directory, or use --model NAME --weights FILE)")
+    try:
+        parse_input_shape(args.input_shape)        # channel count checked again against the model later
+    except ValueError as e:
+        if "channels" not in str(e):
+            raise ValueError(f"--input_shape {args.input_shape}: {e}") from None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from paddle_rs.utils.io import StrictLoadError, WeightsFileError
+    try:
+        _check_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         return _main(args)
     except (WeightsFileError, StrictLoadError) as e:

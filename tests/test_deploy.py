@@ -458,6 +458,117 @@ def test_infer_cli(tmp_path, tiny_export):
     assert np.asarray(Image.open(out / "t" / "a_label.png")).max() <= 2
 
 
+def test_infer_cli_bad_images_are_reported_and_the_rest_done(tmp_path, tiny_export, capsys):
+    """A corrupt or truncated image: one line naming it; in a directory the other images are still done and the
+    run ends with a summary and exit 1. Grayscale into an RGB model and a uint16 scene into a model normalised
+    for 0-255 are warnings that say what was done / what is wrong."""
+    import warnings
+
+    from PIL import Image
+
+    from paddle_rs.data import raster_io
+
+    cli = _load_script("infer")
+    _, d = tiny_export
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / "good.png")
+    (imgs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    full = imgs / "full.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(full)
+    (imgs / "truncated.png").write_bytes(full.read_bytes()[:200])
+    full.unlink()
+    out = tmp_path / "out"
+    assert cli.main(["--model_dir", str(d), "--image", str(imgs), "--save_dir", str(out)]) == 1
+    cap = capsys.readouterr()
+    for name in ("corrupt.png", "truncated.png"):
+        line = [ln for ln in cap.err.splitlines() if ln.startswith(f"error: {imgs / name}")]
+        assert len(line) == 1 and "cannot decode the image" in line[0], cap.err
+    assert "2 image(s) failed: corrupt.png, truncated.png" in cap.err and "1 of 3 image(s) done" in cap.out
+    assert sorted(os.listdir(out)) == ["good_label.png", "good_overlay.png"]
+    # a single corrupt file: exit 1, one line, nothing written
+    assert cli.main(["--model_dir", str(d), "--image", str(imgs / "corrupt.png"), "--save_dir",
+                     str(tmp_path / "one")]) == 1
+    assert not (tmp_path / "one").exists()
+    capsys.readouterr()
+
+    # grayscale into an RGB model: replicated, with a warning saying so
+    gray = tmp_path / "gray.png"
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(gray)
+    raster_io._WARNED.discard("gray")
+    with pytest.warns(raster_io.RasterWarning, match=r"gray\.png: a grayscale image.*replicated to R, G and B"):
+        img = raster_io.read_image(str(gray), expect_bands=3)
+    assert img.shape == (16, 16, 3) and np.array_equal(img[..., 0], img[..., 2])
+    assert raster_io.read_image(str(gray), expect_bands=1).shape == (16, 16, 1)       # a 1-band model: kept
+    # uint16 into a model whose Normalize expects 0-255
+    from paddle_rs.deploy.predictor import Predictor
+    pred = Predictor(d)
+    scene = rng.integers(0, 60000, (16, 16, 3)).astype(np.uint16)
+    with pytest.warns(RuntimeWarning, match=r"uint16 values in \[.*likely meaningless.*Rescale"):
+        pred.predict(scene)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Predictor(d).predict(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8))     # 8-bit: silent
+
+
+def test_infer_and_export_argument_errors_are_one_line(tmp_path, tiny_export, tiny_registered, capsys):
+    """Wrong directories and numbers: one line naming the value and the fix, exit 2, nothing written."""
+    from PIL import Image
+    infer, export_cli = _load_script("infer"), _load_script("export_model")
+    _, d = tiny_export
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv, msg in (([str(empty), str(img), str(tmp_path / "o")], "has no model.yml"),
+                      ([str(tmp_path / "nope"), str(img), str(tmp_path / "o")], "no such directory"),
+                      ([str(d), str(img), str(a_file)], "is a file; pass a directory"),
+                      ([str(d), str(tmp_path / "missing.png"), str(tmp_path / "o")], "no such file or directory")):
+        assert infer.main(["--model_dir", argv[0], "--image", argv[1], "--save_dir", argv[2]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+    for flag, value in (("--tile", "-16"), ("--tile", "abc"), ("--overlap", "-1"), ("--cpu_threads", "0")):
+        with pytest.raises(SystemExit) as e:
+            infer.main(["--model_dir", str(d), "--image", str(img), flag, value])
+        assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+    for argv, msg in ((["--model", "_deploy_tiny", "--save_dir", str(a_file)], "is a file; pass a directory"),
+                      (["--model_dir", str(empty), "--save_dir", str(tmp_path / "e")], "has no model.yml"),
+                      (["--model", "_deploy_tiny", "--save_dir", str(tmp_path / "e"), "--input_shape", "abc"],
+                       "--input_shape abc: input shape must be integers"),
+                      (["--model", "_deploy_tiny", "--save_dir", str(tmp_path / "e"), "--input_shape", "0,512"],
+                       "must be positive, or -1")):
+        assert export_cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+    assert not (tmp_path / "e").exists()
+
+
+def test_outputs_honour_the_umask(tmp_path, tiny_export, tiny_registered):
+    """Exports and inference results are created like any other file (0666 minus the umask), not 0600."""
+    from PIL import Image
+    old = os.umask(0o022)
+    try:
+        from paddle_rs.utils import fs
+        fs._UMASK = None
+        assert _load_script("export_model").main(["--model", "_deploy_tiny", "--save_dir", str(tmp_path / "x"),
+                                                  "--quiet"]) == 0
+        img = tmp_path / "a.png"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+        assert _load_script("infer").main(["--model_dir", str(tmp_path / "x"), "--image", str(img), "--save_dir",
+                                           str(tmp_path / "y")]) == 0
+        for folder in ("x", "y"):
+            for name in os.listdir(tmp_path / folder):
+                mode = os.stat(tmp_path / folder / name).st_mode & 0o777
+                assert mode == 0o644, (folder, name, oct(mode))
+    finally:
+        os.umask(old)
+
+
 def test_parse_input_shape_and_transforms():
     assert parse_input_shape(None) is None and parse_input_shape("null") is None
     assert parse_input_shape("[-1,3,-1,-1]") is None

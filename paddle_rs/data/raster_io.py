@@ -4,7 +4,8 @@ Decode rules (tipc.md §7.2, upstream PaddleRS ``read_raw=True`` semantics, no c
 
 - ``np.ndarray`` input is taken as HWC (a 2-D array becomes HW1);
 - ``.png/.jpg/.jpeg/.bmp`` -> PIL -> RGB (high-bit-depth single-band PNGs are kept as HW1, since an RGB
-  conversion would clip them);
+  conversion would clip them; a grayscale image stays one band for a one-band model, and is otherwise replicated
+  to RGB with a :class:`RasterWarning`, as an alpha band is dropped with one);
 - ``.tif/.tiff`` -> tifffile; the layout is normalised to HWC from the series axes / TIFF planar
   configuration: tifffile returns (C,H,W) for planar-separate files and (H,W,C) for contiguous ones.
   rasterio is the fallback when tifffile cannot decode a file (e.g. JPEG-compressed GeoTIFFs);
@@ -14,16 +15,17 @@ Decode rules (tipc.md §7.2, upstream PaddleRS ``read_raw=True`` semantics, no c
 The dtype is returned unchanged (uint8, uint16, float32, ...). Any band count is accepted.
 """
 import os
-import tempfile
 import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..utils.fs import finish_atomic
+
 __all__ = [
     "IMAGE_EXTS", "TIFF_EXTS", "ISAID_COLOR_MAP",
     "read_image", "read_mask", "color_to_label", "write_mask_png", "write_image_png",
-    "write_geotiff", "make_palette",
+    "write_geotiff", "make_palette", "RasterWarning", "ImageReadError",
 ]
 
 PIL_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -54,13 +56,39 @@ def _to_hwc(arr: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def _read_pil(path: str) -> np.ndarray:
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+class RasterWarning(UserWarning):
+    """An image was adapted to what the model expects (bands replicated or dropped); the message says how."""
+
+
+_WARNED = set()
+
+
+def _warn_once(kind: str, message: str) -> None:
+    """One warning per kind and process (a dataset of grayscale tiles warns once, naming the first file)."""
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        warnings.warn(message + " (reported once; later files are treated the same way)", RasterWarning,
+                      stacklevel=3)
+
+
+def _read_pil(path: str, expect_bands: Optional[int] = None) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.array(im)              # keep the values; an RGB conversion would clip them
             return _to_hwc(arr, path)
+        if im.mode in ("1", "L", "LA"):
+            if expect_bands == 1:
+                return np.array(im.convert("L"))[:, :, None]
+            _warn_once("gray", f"{path}: a grayscale image (mode {im.mode}); its band is replicated to R, G and B"
+                               + (" and the alpha band dropped" if im.mode == "LA" else ""))
+        elif im.mode in ("RGBA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            _warn_once("alpha", f"{path}: an image with an alpha band (mode {im.mode}); the alpha band is dropped")
         return np.array(im.convert("RGB"))     # np.array: a writeable copy (asarray is read-only)
 
 
@@ -113,7 +141,11 @@ def read_image(path_or_array: Union[str, os.PathLike, np.ndarray],
             raise FileNotFoundError(f"image file not found: {source}")
         ext = _ext(source)
         if ext in PIL_EXTS:
-            img = _read_pil(source)
+            try:
+                img = _read_pil(source, expect_bands)
+            except (OSError, SyntaxError, ValueError) as e:       # PIL: unidentified / truncated / corrupt
+                raise ImageReadError(f"{source}: cannot decode the image, the file is damaged or not a "
+                                     f"{ext[1:].upper()} ({type(e).__name__}: {e})") from e
         elif ext in TIFF_EXTS:
             try:
                 img = _read_tifffile(source)
@@ -121,12 +153,16 @@ def read_image(path_or_array: Union[str, os.PathLike, np.ndarray],
                 try:
                     img = _read_rasterio(source)
                 except Exception:
-                    raise ValueError(f"{source}: tifffile could not read it ({tiff_err}) and the "
-                                     f"rasterio fallback failed as well") from tiff_err
+                    raise ImageReadError(f"{source}: cannot decode the image: tifffile could not read it "
+                                         f"({tiff_err}) and the rasterio fallback failed as well") from tiff_err
         elif ext in RASTERIO_EXTS:
             img = _read_rasterio(source)
         elif ext == ".npy":
-            img = _to_hwc(np.load(source), source)
+            try:
+                arr = np.load(source)                 # allow_pickle=False: an object array is refused
+            except ValueError as e:
+                raise ImageReadError(f"{source}: not a numeric .npy array ({e})") from e
+            img = _to_hwc(arr, source)
         else:
             raise ValueError(f"{source}: unsupported image extension {ext!r}; "
                              f"supported: {', '.join(IMAGE_EXTS)}")
@@ -196,11 +232,8 @@ def read_mask(path: Union[str, os.PathLike, np.ndarray],
 
 
 def _atomic_target(path: str):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=_ext(path), dir=d)
-    os.close(fd)
-    return tmp
+    from ..utils.fs import atomic_target
+    return atomic_target(path, suffix=_ext(path))
 
 
 def make_palette(n: int = 256) -> list:
@@ -241,7 +274,7 @@ def write_mask_png(path: Union[str, os.PathLike], mask: np.ndarray, palette: Opt
     tmp = _atomic_target(path)
     try:
         im.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        finish_atomic(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -263,7 +296,7 @@ def write_image_png(path: Union[str, os.PathLike], image: np.ndarray, compress_l
     tmp = _atomic_target(path)
     try:
         Image.fromarray(image).save(tmp, format="PNG", compress_level=int(compress_level))
-        os.replace(tmp, path)
+        finish_atomic(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -366,7 +399,7 @@ def write_geotiff(path: Union[str, os.PathLike], array: np.ndarray, reference: O
                 rgb = c == 3 and arr.dtype == np.uint8
                 kwargs.update(photometric="rgb" if rgb else "minisblack", planarconfig="contig")
             tifffile.imwrite(tmp, data, **kwargs)
-        os.replace(tmp, path)
+        finish_atomic(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -105,8 +105,14 @@ def parse_input_shape(shape, in_channels: int = 3) -> Optional[List[int]]:
         s = shape.strip().strip("[]()").strip()
         if s.lower() in ("", "none", "null"):
             return None
-        shape = [int(float(t)) for t in s.replace(" ", "").split(",") if t != ""]
+        try:
+            shape = [int(t) for t in s.replace(" ", "").split(",") if t != ""]
+        except ValueError:
+            raise ValueError(f"input shape must be integers [h, w] or [n, c, h, w] (-1: dynamic), got {shape!r}") \
+                from None
     shape = [int(v) if v is not None else -1 for v in shape]
+    if any(v == 0 or v < -1 for v in shape):
+        raise ValueError(f"input shape entries must be positive, or -1 for a dynamic size, got {shape}")
     if len(shape) == 2:
         shape = [-1, int(in_channels)] + shape
     if len(shape) != 4:

@@ -294,6 +294,34 @@ class Predictor:
         from paddle_rs.data.raster_io import read_image
         return read_image(image, expect_bands=self.in_channels)
 
+    def _eight_bit_reach(self):
+        """The largest magnitude the export's Normalize gives an 8-bit image (values 0..255); None without one."""
+        for op in self.info.get("Transforms") or []:
+            name, a = next(iter(op.items()))
+            if name == "Normalize":
+                a = a or {}
+                mean, std = np.asarray(a.get("mean", [0.5]), float), np.asarray(a.get("std", [0.5]), float)
+                lo = np.asarray(a.get("min_val") or [0.0], float)
+                hi = np.asarray(a.get("max_val") or [255.0], float)
+                return float(max(np.abs(((v - lo) / (hi - lo) - mean) / std).max() for v in (0.0, 255.0)))
+        return None
+
+    def _check_values(self, raw, x, source):
+        """Warn (once per predictor) when the normalised input lies far outside what an 8-bit image reaches under
+        the export's Normalize, e.g. a uint16 scene fed to a model normalised for 0-255: predictions on such an
+        input are meaningless. The bound is 4x the 8-bit reach (about 10 for ImageNet statistics)."""
+        reach = self._eight_bit_reach()
+        if reach is None or getattr(self, "_range_warned", False) or x.size == 0:
+            return
+        zmax = float(np.nanmax(np.abs(x)))
+        if zmax > 4.0 * max(reach, 1.0):
+            self._range_warned = True
+            warnings.warn(
+                f"{source}: {raw.dtype} values in [{float(np.nanmin(raw)):g}, {float(np.nanmax(raw)):g}] are "
+                f"normalised to magnitudes up to {zmax:.3g} by the model's Normalize (model.yml), while 8-bit "
+                f"images reach {reach:.3g}: predictions on this input are likely meaningless. Rescale the raster as "
+                f"the training data was (e.g. to 0-255) before inference.", RuntimeWarning, stacklevel=3)
+
     def _preprocess_one(self, image):
         img = self._decode(image)
         sample = {"image": img, "trans_info": []}
@@ -303,6 +331,8 @@ class Predictor:
         if x.ndim == 2:
             x = x[:, :, None]
         x = np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+        if self.transforms is not None:
+            self._check_values(img, x, os.fspath(image) if isinstance(image, (str, os.PathLike)) else "array input")
         return x, list(sample.get("trans_info") or []), img.shape[:2]
 
     def _run(self, batch: np.ndarray) -> List[np.ndarray]:

@@ -9,39 +9,12 @@
   through them, never through ``paddle.load``.
 """
 import os
-import tempfile
-from typing import Callable
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-_UMASK = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:                          # read once (os.umask is process-wide)
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-def atomic_write_file(path: str, writer: Callable[[str], None]) -> str:
-    """``writer(tmp_path)`` then ``os.replace(tmp_path, path)``; the temporary file is removed on failure."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + os.path.basename(path), dir=d)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())            # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+from .fs import _umask, atomic_write_file  # noqa: F401  (paddle-free helpers, re-exported)
 
 
 class WeightsFileError(ValueError):
