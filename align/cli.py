@@ -49,6 +49,12 @@ def main(stage, description):
         names = paddle_rs.list_models()
     else:
         names = [n.strip() for n in args.model.split(",") if n.strip()]
+    unknown = [n for n in names if n not in paddle_rs.list_models()]
+    if unknown:                       # before anything runs: a typo must not cost the other models' time
+        import difflib
+        hints = [f"{n!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+            n, paddle_rs.list_models(), n=1)) else "") for n in unknown]
+        ap.error(f"unknown model {', '.join(hints)}; known: {', '.join(paddle_rs.list_models())}")
     results, errors = [], []
     for name in names:
         t0 = time.time()

@@ -413,3 +413,20 @@ def test_prepare_dataset_cli_seg_and_cls(tmp_path):
     img, label = cds[0]
     assert img.shape == (3, 64, 64) and 0 <= label < 10
     assert len(read_meanstd(str(out / "meanstd.txt"))[0]) == 3
+
+
+def test_prepare_dataset_names_a_truncated_coco_file(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import prepare_dataset
+    finally:
+        sys.path.remove(os.path.join(REPO, "tools"))
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    bad = root / "annotations" / "train.json"
+    bad.write_text('{"images": [{"id": 1, "file_name": "a.jpg"')
+    out = tmp_path / "out"
+    assert prepare_dataset.main(["--task", "seg", "--coco_root", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: not readable as COCO JSON, the file is truncated")
+    assert not out.exists()

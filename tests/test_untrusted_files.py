@@ -294,3 +294,35 @@ def test_no_unrestricted_loads_in_the_project():
                     if pattern.search(code):
                         offenders.append(f"{rel}:{i}: {line.strip()}")
     assert not offenders, "unrestricted loads:\n" + "\n".join(offenders)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# damaged checkpoints and interrupted writes
+# ----------------------------------------------------------------------------------------------------------
+def test_damaged_train_state_is_named(tmp_path):
+    path = ckpt.save_checkpoint(str(tmp_path / "run"), 2, Tiny())
+    state = os.path.join(path, "train_state.json")
+    text = open(state).read()
+    open(state, "w").write(text[: len(text) // 2])                       # truncated
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(state) + r" is damaged .*--resume"):
+        ckpt.load_checkpoint(path, Tiny())
+    open(state, "w").write(json.dumps([1, 2]))
+    with pytest.raises(ckpt.CheckpointError, match="holds no training state"):
+        ckpt.load_checkpoint(path, Tiny())
+
+
+def test_resume_cleans_what_an_interrupted_write_left(tmp_path):
+    """Leftovers of a killed atomic write: temporary entries go, a moved-aside copy whose replacement never
+    arrived is put back, one whose replacement is complete goes."""
+    save = tmp_path / "run"
+    ckpt.save_checkpoint(str(save), 1, Tiny())
+    ckpt.save_best_model(str(save), Tiny(), None)
+    (save / ".tmp_iter_2_abc").mkdir()
+    (save / ".tmp_iter_2_abc" / "model.pdparams").write_bytes(b"half")
+    (save / ".tmp_xyz_latest").write_text("iter_2")
+    os.replace(save / "best_model", save / ".old_best_model_q1w2")          # died between the two renames
+    (save / ".old_iter_1_zz").mkdir()                                       # died after the swap
+    done = ckpt.clean_interrupted_writes(str(save))
+    assert sorted(os.listdir(save)) == ["best_model", "iter_1", "latest"]
+    assert ("restored", ".old_best_model_q1w2 -> best_model") in done and len(done) == 4
+    assert os.path.isfile(save / "best_model" / "model.pdparams")

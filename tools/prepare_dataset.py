@@ -230,8 +230,12 @@ def main(argv=None) -> int:
     if args.tile < 0 or args.stride < 0 or (args.stride and not args.tile):
         raise SystemExit("--stride needs --tile; both must be positive")
     ann_dir = os.path.join(args.coco_root, "annotations")
-    cocos = {s: load_coco(os.path.join(ann_dir, f"{s}.json")) for s in SPLITS
-             if os.path.isfile(os.path.join(ann_dir, f"{s}.json"))}
+    try:
+        cocos = {s: load_coco(os.path.join(ann_dir, f"{s}.json")) for s in SPLITS
+                 if os.path.isfile(os.path.join(ann_dir, f"{s}.json"))}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not cocos:
         raise SystemExit(f"no annotations/train.json or annotations/val.json under {args.coco_root}")
     os.makedirs(args.out, exist_ok=True)

@@ -290,10 +290,13 @@ def load_coco(path: str) -> dict:
     """Load a COCO instances JSON; adds ``anns_by_image`` (image id -> annotations, file order)."""
     import json
 
-    with open(path, "r", encoding="utf-8") as f:
-        coco = json.load(f)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            coco = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable as COCO JSON, the file is truncated or damaged ({e})") from e
     for key in ("images", "annotations", "categories"):
-        if key not in coco:
+        if not isinstance(coco, dict) or key not in coco:
             raise ValueError(f"{path}: not a COCO instances file (no {key!r})")
     by_image = {im["id"]: [] for im in coco["images"]}
     for ann in coco["annotations"]:

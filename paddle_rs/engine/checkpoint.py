@@ -38,6 +38,7 @@ from ..utils.io import _umask, atomic_write_file  # noqa: F401  (re-exported)
 __all__ = ["save_checkpoint", "save_best_model", "load_checkpoint", "find_latest", "list_checkpoints",
            "atomic_write_dir", "atomic_write_file", "atomic_write_json", "optimizer_state_to_structured",
            "optimizer_state_from_structured", "capture_rng_state", "restore_rng_state", "json_safe",
+           "clean_interrupted_writes",
            "CheckpointError", "STATE_FILE", "LATEST_FILE", "BEST_DIR"]
 
 STATE_FILE = "train_state.json"
@@ -103,6 +104,32 @@ def atomic_write_dir(final_dir: str, writer: Callable[[str], None]) -> str:
         if old and os.path.exists(old):
             shutil.rmtree(old, ignore_errors=True)
     return final_dir
+
+
+def clean_interrupted_writes(save_dir: str):
+    """Tidy what a killed process left of :func:`atomic_write_dir` / :func:`atomic_write_file` in ``save_dir``:
+    hidden ``.tmp_*`` entries (writes that never completed their rename) are removed; an ``.old_<name>_*`` copy is
+    removed when ``<name>`` exists, and renamed back to ``<name>`` when the process died between moving it aside
+    and putting the new one in place. Returns ``[(action, entry)]``."""
+    save_dir = os.fspath(save_dir)
+    done = []
+    if not os.path.isdir(save_dir):
+        return done
+    for entry in sorted(os.listdir(save_dir)):
+        path = os.path.join(save_dir, entry)
+        if entry.startswith(".tmp_"):
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            done.append(("removed", entry))
+        elif entry.startswith(".old_") and os.path.isdir(path):
+            name = entry[len(".old_"):].rsplit("_", 1)[0]
+            final = os.path.join(save_dir, name)
+            if name and not os.path.exists(final):
+                os.replace(path, final)
+                done.append(("restored", f"{entry} -> {name}"))
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(("removed", entry))
+    return done
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,8 +318,14 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
     state_file = os.path.join(path, STATE_FILE)
     if not os.path.isfile(state_file):
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
-    with open(state_file, "r", encoding="utf-8") as f:
-        state = json.load(f)
+    try:
+        with open(state_file, "r", encoding="utf-8") as f:
+            state = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{state_file} is damaged ({e}); resume from an earlier checkpoint with "
+                              f"--resume {os.path.dirname(path)}/iter_N, or delete {path}") from e
+    if not isinstance(state, dict) or "iter" not in state:
+        raise CheckpointError(f"{state_file} holds no training state (no 'iter'); resume from another checkpoint")
     load_weights_strict(model, os.path.join(path, "model.pdparams"))
     if optimizer is not None:
         opt_file = os.path.join(path, "model.pdopt")

@@ -577,6 +577,9 @@ class Trainer:
 
     # -- resume ---------------------------------------------------------------------------------------------
     def _resume(self, resume):
+        if self.is_main:
+            for action, entry in ckpt.clean_interrupted_writes(self.save_dir):
+                self._print(f"[train] --resume: {action} {entry} (left by an interrupted checkpoint write)")
         path = resume if isinstance(resume, str) else ckpt.find_latest(self.save_dir)
         if path is None:
             self._print(f"[train] --resume: no checkpoint under {self.save_dir}; starting from scratch")
