@@ -79,6 +79,8 @@ def build_parser():
     p.add_argument("--legacy_twin", action="store_true",
                    help="also write a legacy model.pdmodel export into <save_dir>_legacy (FLAGS_enable_pir_api=0)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Paddle's own notes and warnings (IR passes, PIR tracing), hidden by default")
     return p
 
 
@@ -151,7 +153,7 @@ def _main(args):
             model_info["labels"] = _read_labels(args.labels)
     model.eval()
     out = export(model, args.save_dir, input_shape=args.input_shape, model_info=model_info,
-                 cpu_kernels=args.cpu_kernels, scan=args.scan, conv=args.conv, ops=args.ops)
+                 cpu_kernels=args.cpu_kernels, scan=args.scan, conv=args.conv, ops=args.ops, verbose=args.verbose)
     attrs = read_model_yml(out).get("_Attributes") or {}
     scan = attrs.get("scan_backend")
     if scan:

@@ -604,3 +604,33 @@ def test_legacy_twin_export(tmp_path, tiny_export):
     x = np.random.default_rng(2).random((1, 3, 8, 8)).astype(np.float32)
     _, score = pred.run_batch(x)
     np.testing.assert_allclose(score[0], tiny_numpy(x[0].transpose(1, 2, 0), net), atol=1e-5)
+
+
+def test_export_is_quiet_unless_verbose(capfd):
+    """What C++ prints inside captured_native_output stays off the terminal (export's predictor measurement) unless
+    shown, and is replayed when the block fails; the selective scan's softplus traces without Paddle's PIR
+    ``place`` warning (48 of them per RSMamba export before)."""
+    import warnings
+
+    from paddle_rs.ops.selective_scan import softplus
+    from paddle_rs.utils.runtime import captured_native_output
+
+    with captured_native_output() as cap:
+        os.write(1, b"native note\n")
+        os.write(2, b"native warning\n")
+    assert "native note" in cap.text and "native warning" in cap.text
+    assert "native" not in "".join(capfd.readouterr())
+    with captured_native_output(show=True):
+        os.write(1, b"shown\n")
+    assert "shown" in capfd.readouterr().out
+    with pytest.raises(RuntimeError):
+        with captured_native_output():
+            os.write(2, b"why it failed\n")
+            raise RuntimeError("x")
+    assert "why it failed" in capfd.readouterr().err
+
+    fn = paddle.jit.to_static(softplus, input_spec=[paddle.static.InputSpec([4], "float32")], full_graph=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn.get_concrete_program(paddle.static.InputSpec([4], "float32"))
+    assert not [w for w in caught if "place" in str(w.message)]

@@ -405,7 +405,7 @@ def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
     return _custom_or_plain(model, "ops", ops, "custom", _has_dygraph_ops, dygraph_ext, "the dygraph-ops")
 
 
-def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict) -> Dict:
+def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict, verbose: bool = False) -> Dict:
     """The CPU predictor settings recorded in ``model.yml`` (``_Attributes.predictor``), measured: the first of
     :data:`~paddle_rs.deploy.predictor.CPU_SETTINGS` (oneDNN with the fewest passes deleted first, oneDNN off
     last) whose predictor builds, runs and matches the dygraph network within ``1e-4`` on a sample input. Paddle
@@ -417,9 +417,11 @@ def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict) -> Dict:
     with paddle.no_grad():
         want = [o.numpy() for o in net(paddle.to_tensor(x))]
     tried = []
+    from ..utils.runtime import captured_native_output
     for settings in CPU_SETTINGS:
         try:
-            got = run_program(program_dir, x, **settings)
+            with captured_native_output(show=verbose):      # Paddle's IR-pass notes (one line per pattern)
+                got = run_program(program_dir, x, **settings)
             err = max(float(np.abs(g.astype("float64") - w.astype("float64")).max()) for g, w in zip(got[1:], want[1:]))
         except Exception as e:                # a Paddle defect: the predictor does not build or run
             tried.append({**settings, "result": f"fails: {str(e).strip().splitlines()[-1][:160]}"})
@@ -432,7 +434,7 @@ def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict) -> Dict:
 
 def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dict] = None,
            task: Optional[str] = None, cpu_kernels: str = "off", scan: Optional[str] = None,
-           conv: Optional[str] = None, ops: Optional[str] = None) -> str:
+           conv: Optional[str] = None, ops: Optional[str] = None, verbose: bool = False) -> str:
     """Export ``model`` for Paddle Inference into ``save_dir`` (porting.md §5.1 recipe).
 
     ``cpu_kernels``: ``"off"`` (default) writes a portable graph of Paddle's built-in ops only, which any Paddle
@@ -464,10 +466,10 @@ def export(model: nn.Layer, save_dir, input_shape=None, model_info: Optional[Dic
     ops = ops or default or "plain"
     from paddle_rs.cpu_kernels import accelerated
     with accelerated(model, enable=cpu_kernels == "on" or scan == "fused" or conv == "onednn" or ops == "custom"):
-        return _export(model, save_dir, input_shape, model_info, task, scan, conv, ops)
+        return _export(model, save_dir, input_shape, model_info, task, scan, conv, ops, verbose)
 
 
-def _export(model, save_dir, input_shape, model_info, task, scan, conv, ops):
+def _export(model, save_dir, input_shape, model_info, task, scan, conv, ops, verbose=False):
     # in_channels may come from model_info; peek before shape parsing
     mi = model_info or {}
     in_ch = (mi.get("_Attributes") or {}).get("in_channels") or mi.get("in_channels") or \
@@ -522,7 +524,7 @@ def _export(model, save_dir, input_shape, model_info, task, scan, conv, ops):
             with open(os.path.join(tmp, "model.json")) as f:
                 program = f.read()
             info["_Attributes"].setdefault("custom_ops", []).extend(op for op in OPS if op in program)
-        info["_Attributes"]["predictor"] = _choose_predictor_settings(net, tmp, info)
+        info["_Attributes"]["predictor"] = _choose_predictor_settings(net, tmp, info, verbose=verbose)
         info["_Attributes"]["onednn"] = bool(info["_Attributes"]["predictor"]["onednn"])
         write_model_yml(os.path.join(tmp, "model.yml"), info)
         write_yaml(os.path.join(tmp, "pipeline.yml"),

@@ -191,6 +191,7 @@ class ClsTask:
     """Scene classification: datainfo split files, Mixup/CutMix + label-smoothing CE, :class:`ClsEvaluator`."""
 
     model_type = "cls"
+    percent_scale = 1.0          # its metrics are already percent (ClsMetric)
     SUMMARY_KEYS = ("top1", "macro_precision", "macro_recall", "macro_f1")
 
     def __init__(self, cfg: Dict):

@@ -262,7 +262,7 @@ def format_seg_table(result: Dict, class_names: Optional[Sequence[str]] = None) 
     names = list(class_names or result.get("class_names") or [f"class_{i}" for i in range(len(result["iou"]))])
     cm = np.asarray(result.get("confusion_matrix")) if result.get("confusion_matrix") is not None else None
     width = max(12, max(len(n) for n in names) + 1)
-    head = f"{'id':>3} {'class':<{width}} {'IoU':>6} {'F1':>6} {'Prec':>6} {'Recall':>6}"
+    head = f"{'id':>3} {'class (%)':<{width}} {'IoU':>6} {'F1':>6} {'Prec':>6} {'Recall':>6}"
     if cm is not None:
         head += f" {'GT px':>11}"
     lines = [head, "-" * len(head)]
@@ -273,8 +273,8 @@ def format_seg_table(result: Dict, class_names: Optional[Sequence[str]] = None) 
             line += f" {int(cm[i].sum()):>11d}"
         lines.append(line)
     lines.append("-" * len(head))
-    lines.append(f"mIoU {_pct(result['miou']).strip()}  mIoU-fg {_pct(result['miou_fg']).strip()}  "
-                 f"mF1 {_pct(result['mf1']).strip()}  aAcc {_pct(result['acc']).strip()}  "
+    lines.append(f"mIoU {_pct(result['miou']).strip()}%  mIoU-fg {_pct(result['miou_fg']).strip()}%  "
+                 f"mF1 {_pct(result['mf1']).strip()}%  aAcc {_pct(result['acc']).strip()}%  "
                  f"(nan_policy={result.get('nan_policy', '?')}, {result.get('num_images', '?')} images)")
     return "\n".join(lines)
 

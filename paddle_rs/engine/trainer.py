@@ -311,6 +311,7 @@ class SegTask:
     """
 
     model_type = "seg"
+    percent_scale = 100.0        # its metrics are fractions in [0, 1]; shown as percent, like the eval table
 
     def __init__(self, cfg: Dict):
         self.cfg = cfg
@@ -390,8 +391,9 @@ def read_log(path: str) -> List[Dict]:
     return out
 
 
-def plot_training_curve(records: List[Dict], path: str, metric: str = "miou") -> Optional[str]:
-    """Loss and LR against the iteration (and the eval metric, if any), written atomically as a PNG."""
+def plot_training_curve(records: List[Dict], path: str, metric: str = "miou", scale: float = 100.0) -> Optional[str]:
+    """Loss and LR against the iteration (and the eval metric in percent, ``scale`` x the logged value, as the eval
+    table shows it), written atomically as a PNG."""
     train = [r for r in records if r.get("type") == "train" and r.get("loss") is not None]
     if not train:
         return None
@@ -408,8 +410,9 @@ def plot_training_curve(records: List[Dict], path: str, metric: str = "miou") ->
     axes[0].grid(alpha=0.3)
     if evals:
         ax2 = axes[0].twinx()
-        ax2.plot([r["iter"] for r in evals], [r[metric] for r in evals], "o-", color="tab:red", label=metric)
-        ax2.set_ylabel(metric, color="tab:red")
+        ax2.plot([r["iter"] for r in evals], [scale * r[metric] for r in evals], "o-", color="tab:red",
+                 label=metric)
+        ax2.set_ylabel(f"{metric} (%)", color="tab:red")
     axes[1].plot(its, [r["lr"] for r in train], lw=1, color="tab:green")
     axes[1].set_ylabel("learning rate")
     axes[1].set_xlabel("iteration")
@@ -684,8 +687,9 @@ class Trainer:
                          "epoch": it // max(self.iters_per_epoch, 1)}
             if self.is_main:
                 ckpt.save_best_model(self.save_dir, self.net, self.model_yml(result, it), eval_details=result)
-                shown = "nan" if value is None or math.isnan(value) else f"{value:.4f}"
-                self._print(f"[eval] new best {self.metric_name}={shown} at iteration {it} -> "
+                shown = "nan" if value is None or math.isnan(value) else \
+                    f"{getattr(self.task, 'percent_scale', 1.0) * value:.2f}%"       # the eval table's units
+                self._print(f"[eval] new best {self.metric_name} {shown} at iteration {it} -> "
                             f"{os.path.join(self.save_dir, ckpt.BEST_DIR)}")
 
     def save(self, it: int):
@@ -701,7 +705,8 @@ class Trainer:
                                      it),
             scaler=self.scaler, keep=int(self.cfg["train"].get("keep_checkpoints", 3) or 0))
         try:
-            plot_training_curve(self.records, os.path.join(self.save_dir, CURVE_FILE), self.metric_name)
+            plot_training_curve(self.records, os.path.join(self.save_dir, CURVE_FILE), self.metric_name,
+                                getattr(self.task, "percent_scale", 1.0))
         except Exception as e:  # a plotting problem must never stop training
             self._print(f"[train] warning: could not write the training curve: {e}")
 
@@ -749,9 +754,9 @@ class Trainer:
                     window.append(loss)
                     t_window += t1 - t0
                     d_window += t0 - t_data
-                    if bar is not None:
-                        bar.update(1)
+                    if bar is not None:          # postfix first: update() redraws, so the bar shows this step
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3e}", refresh=False)
+                        bar.update(1)
                     if it % log_every == 0 or it == total:
                         n = len(window)
                         self._log({"type": "train", "iter": it, "epoch": epoch, "loss": float(np.mean(window)),

@@ -72,9 +72,9 @@ def softplus(x):
 
     Paddle's ``F.softplus`` computes ``log(1 + exp(x))``, which loses the relative precision of small results
     (``exp(x) < 1e-7``: 6e-8 absolute in fp32, 1e-8 relative in float64), and stops the paddle2onnx conversion.
-    The ``min`` inside ``exp`` keeps the unused branch finite, so the gradient of ``where`` has no NaN above 88.
+    The ``clip`` inside ``exp`` keeps the unused branch finite, so the gradient of ``where`` has no NaN above 88.
     """
-    return paddle.where(x > 20.0, x, paddle.log1p(paddle.exp(paddle.minimum(x, paddle.full_like(x, 20.0)))))
+    return paddle.where(x > 20.0, x, paddle.log1p(paddle.exp(paddle.clip(x, max=20.0))))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Process-wide CPU runtime settings applied by the command-line tools (train, eval, infer, benchmark).
 
 :func:`tune_cpu_malloc` -- keep freed tensor memory in the process instead of handing it back to the kernel.
+:class:`captured_native_output` -- keep what C++ libraries print off the terminal unless asked (``--verbose``).
 
 Why: Paddle's CPU allocator takes every tensor from glibc ``posix_memalign``, and with glibc's default
 thresholds a buffer of more than a few MB comes from a fresh ``mmap`` and goes back with ``munmap`` when it is
@@ -25,7 +26,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["tune_cpu_malloc"]
+__all__ = ["tune_cpu_malloc", "captured_native_output"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _STATE = {}
@@ -53,3 +54,41 @@ def tune_cpu_malloc(threshold=1 << 30):
                     break
     _STATE["result"] = result
     return result
+
+
+class captured_native_output:
+    """``with captured_native_output(show=False) as cap:`` -- what C++ libraries print to file descriptors 1 and 2
+    inside the block (Paddle Inference's IR-pass notes, one line per matched pattern: ~70 lines for an RSMamba
+    export) goes to a temporary file instead of the terminal. ``cap.text`` holds it afterwards; ``show=True``
+    (a tool's ``--verbose``) passes it through, and it is replayed on stderr when the block raises."""
+
+    def __init__(self, show: bool = False):
+        self.show, self.text = show, ""
+
+    def __enter__(self):
+        if self.show:
+            return self
+        import tempfile
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = [os.dup(1), os.dup(2)]
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.show:
+            return False
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        if exc_type is not None and self.text:
+            sys.stderr.write(self.text)
+        return False
