@@ -490,3 +490,45 @@ def test_eval_refuses_weights_that_would_run_code_or_are_not_weights(trained, tm
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"error: {weights}") and what in err[-1], err
         assert not out.exists() and not marker.exists()
+
+
+def test_progress_bar_and_eval_lines_show_the_current_values_in_the_tables_units(syn, tmp_path, monkeypatch):
+    """The bar's postfix at each redraw is this step's loss (it lagged one step); the 'new best' line shows the
+    metric in percent, as the eval table does."""
+    import tqdm as tqdm_mod
+
+    drawn = []
+
+    class Bar:
+        def __init__(self, *a, **k):
+            self.postfix = None
+
+        def set_postfix(self, refresh=True, **kw):
+            self.postfix = kw
+
+        def update(self, n):                    # a redraw shows the postfix set so far
+            drawn.append(self.postfix)
+
+        def write(self, s):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Bar)
+    lines = []
+    ov = _overrides(syn, **{"train.iters": 3, "train.eval_interval": 3, "eval.mode": "whole",
+                            "train.log_interval": 1, "eval.nan_policy": "nanmean"})
+    import paddle.nn.functional as F
+    tr = Trainer(load_config(ISAID, ov), save_dir=str(tmp_path / "bar"), model=_TinySeg(), progress=True,
+                 criterion=lambda logits, labels: F.cross_entropy(logits, labels, ignore_index=255, axis=1),
+                 log=lambda *a: lines.append(" ".join(map(str, a))))
+    tr.train()
+    losses = [r["loss"] for r in read_log(str(tmp_path / "bar" / "train_log.jsonl")) if r["type"] == "train"]
+    assert [float(d["loss"]) for d in drawn] == pytest.approx(losses, abs=1e-4)
+    text = "\n".join(lines)
+    m = re.search(r"^mIoU ([0-9.]+)%", text, re.M)
+    assert m, text
+    table_miou = m.group(1)
+    assert f"new best miou {table_miou}% at iteration 3" in text and f"best miou {table_miou}% at" in \
+        text.splitlines()[-1]

@@ -787,9 +787,10 @@ class Trainer:
                    "sec_per_iter": float(np.mean(timed)) if timed else None}
         if timed:
             bv = self.best.get("value")
-            shown = "n/a" if bv is None else ("nan" if math.isnan(bv) else f"{bv:.4f}")
+            shown = "n/a" if bv is None else ("nan" if math.isnan(bv) else
+                                              f"{getattr(self.task, 'percent_scale', 1.0) * bv:.2f}%")
             self._print(f"[train] done: {it} iterations, {summary['sec_per_iter']:.3f} s/iteration (excluding the "
-                        f"first), best {self.metric_name}={shown} at iteration {self.best.get('iter')}")
+                        f"first), best {self.metric_name} {shown} at iteration {self.best.get('iter')}")
         return summary
 
 
