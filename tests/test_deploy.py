@@ -10,7 +10,7 @@ import os
 import sys
 
 import numpy as np
-from conftest import assert_same_argmax
+from conftest import assert_same_argmax, paddle_defect
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -370,6 +370,28 @@ def test_predictor_settings_are_measured_at_export_and_applied(tmp_path, tiny_ex
     pred = Predictor(d, enable_memory_optim=True)
     assert pred.config.mkldnn_enabled() and pred.cpu_settings["delete_passes"] == ["onednn_placement_pass"]
     np.testing.assert_allclose(pred.predict(img)[0]["score_map"], tiny_numpy(img, net), atol=1e-5)
+
+
+class _OnlyInterp(nn.Layer):
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2, mode="bilinear")
+
+
+@paddle_defect("Paddle Inference cannot run a PIR program holding an interpolation op with oneDNN on "
+               "(ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>, Paddle#79749); "
+               "set_onednn_op cannot keep the op off oneDNN either",
+               "CPU_SETTINGS' 'delete onednn_placement_pass' entry (which leaves UperNet and FactSeg graphs without "
+               "oneDNN kernels)")
+def test_paddle_defect_onednn_runs_a_pir_interp_op(tmp_path):
+    """The smallest reproducer: a one-op program, ``bilinear_interp``, saved as PIR and run with oneDNN."""
+    from paddle_rs.deploy.predictor import run_program
+    net = _OnlyInterp()
+    net.eval()
+    paddle.jit.save(paddle.jit.to_static(net, input_spec=[paddle.static.InputSpec([1, 1, 4, 4], "float32")],
+                                         full_graph=True), str(tmp_path / "model"))
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    want = run_program(tmp_path, x, onednn=False)[0]
+    np.testing.assert_allclose(run_program(tmp_path, x, onednn=True)[0], want, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------------
