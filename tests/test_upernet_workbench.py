@@ -548,10 +548,12 @@ def test_export_and_paddle_inference(name, tmp_path):
         attrs = read_model_yml(str(out))["_Attributes"]
         assert attrs["cpu_kernels"] == "off" and attrs["custom_ops"] == [] if "custom_ops" in attrs else True
         assert '"rs_' not in open(out / "model.json").read()
-        assert attrs["predictor"]["onednn"] is True
-        assert attrs["predictor"]["delete_passes"] == CPU_SETTINGS[2 if fixed else 1]["delete_passes"]
+        rec = attrs["predictor"]                   # the faster of the working oneDNN variant and oneDNN off
+        onednn = [t for t in rec["tried"] if t["onednn"] and " ms" in t["result"]]
+        assert [t["delete_passes"] for t in onednn] == [CPU_SETTINGS[2 if fixed else 1]["delete_passes"]]
+        assert rec["delete_passes"] == (onednn[0]["delete_passes"] if rec["onednn"] else [])
         pred = Predictor(str(out), cpu_threads=2)
-        assert pred.config.mkldnn_enabled()
+        assert pred.config.mkldnn_enabled() == rec["onednn"]
         for seed, (h, w) in enumerate(sizes):
             x = np.random.RandomState(seed).randn(1, 3, h, w).astype("float32")
             with paddle.no_grad():

@@ -4,11 +4,14 @@
 (``model.json`` = PIR, else legacy ``model.pdmodel``) and configures Paddle Inference per the recipe:
 
 - CPU settings (``enable_mkldnn``): ``None`` (default) applies what the export measured and recorded in
-  ``model.yml`` ``_Attributes.predictor`` (``onednn`` and ``delete_passes``; the first of :data:`CPU_SETTINGS`
-  whose predictor reproduced the network within 1e-4): oneDNN on, with the IR passes deleted that break the graph
-  on Paddle 3.3.1 -- ``onednn_placement_pass`` for any graph with a ``*_interp`` op (``ConvertPirAttribute2Runtime
-  Attribute not support ArrayAttribute<DoubleAttribute>``, Paddle#79749) and the fc fusions for Swin / ViTAE (they
-  mis-shape a 3-D matmul). ``True`` / ``False`` force oneDNN on (with the recorded deletions) / off.
+  ``model.yml`` ``_Attributes.predictor`` (``onednn`` and ``delete_passes``: of the settings in
+  :data:`CPU_SETTINGS` whose predictor reproduced the network within 1e-4, the faster on the export's sample
+  input): oneDNN on, with the IR passes deleted that break the graph on Paddle 3.3.1 -- ``onednn_placement_pass``
+  for any graph with a ``*_interp`` op (``ConvertPirAttribute2RuntimeAttribute not support
+  ArrayAttribute<DoubleAttribute>``, Paddle#79749) and the fc fusions for Swin / ViTAE (they mis-shape a 3-D
+  matmul) -- or oneDNN off, which wins where a graph is mostly small elementwise ops (RSMamba's selective-scan
+  loop: oneDNN's per-op cost makes it ~2.5x slower there). ``True`` / ``False`` force oneDNN on (with the recorded
+  deletions) / off.
   ``enable_memory_optim`` is declined for PIR programs (Paddle#75496); legacy programs allow it;
 - custom ops (``model.yml`` ``_Attributes.custom_ops``) are registered before the program loads: the fused
   selective scan (``rs_selective_scan_fwd``, RSMamba) and the oneDNN convolution (``rs_conv2d_fwd``, which exports
@@ -40,7 +43,8 @@ __all__ = ["Predictor", "undo_trans_info", "resize_bilinear", "resize_nearest", 
            "configure_cpu", "run_program", "sample_input"]
 
 _FC_PASSES = ("fc_fuse_pass", "fc_onednn_pass", "fc_act_onednn_fuse_pass", "matmul_add_act_fuse_pass")
-# CPU predictor settings an export tries, fastest first (paddle_rs.deploy.export._choose_predictor_settings)
+# CPU predictor settings an export tries (paddle_rs.deploy.export._choose_predictor_settings): the first oneDNN
+# entry that runs and reproduces the network, and oneDNN off; the faster of the two is recorded
 CPU_SETTINGS = (
     {"onednn": True, "delete_passes": []},
     {"onednn": True, "delete_passes": ["onednn_placement_pass"]},                   # Paddle#79749 (interp ops)
@@ -75,8 +79,9 @@ def configure_cpu(cfg, threads: int = 2, onednn: bool = False, delete_passes: Se
 
 
 def run_program(model_dir, image: np.ndarray, threads: int = 2, onednn: bool = False,
-                delete_passes: Sequence[str] = ()) -> List[np.ndarray]:
-    """Outputs of the exported program for ``image`` (float32 NCHW, no transforms) on CPU with these settings."""
+                delete_passes: Sequence[str] = (), repeat: int = 0):
+    """Outputs of the exported program for ``image`` (float32 NCHW, no transforms) on CPU with these settings;
+    with ``repeat`` > 0, ``(outputs, median seconds of repeat further runs)``."""
     import paddle.inference as pdi
     model_dir = os.fspath(model_dir)
     model_file = os.path.join(model_dir, "model.json")
@@ -91,7 +96,15 @@ def run_program(model_dir, image: np.ndarray, threads: int = 2, onednn: bool = F
     handle.reshape(list(image.shape))
     handle.copy_from_cpu(np.ascontiguousarray(image, dtype=np.float32))
     predictor.run()
-    return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    outs = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    if repeat <= 0:
+        return outs
+    times = []
+    for _ in range(int(repeat)):
+        t0 = time.perf_counter()
+        predictor.run()
+        times.append(time.perf_counter() - t0)
+    return outs, float(np.median(times))
 
 _SKIP_OPS = ("ToCHW", "ArrangeSegmenter", "ArrangeClassifier", "ArrangeDetector", "ArrangeChangeDetector",
              "ArrangeRestorer")
