@@ -406,11 +406,11 @@ def resolve_ops_backend(model: nn.Layer, ops: str = "auto") -> Optional[str]:
 
 
 def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict, verbose: bool = False,
-                               repeat: int = 3) -> Dict:
+                               repeat: int = 1) -> Dict:
     """The CPU predictor settings recorded in ``model.yml`` (``_Attributes.predictor``), measured on a sample
     input: the first oneDNN entry of :data:`~paddle_rs.deploy.predictor.CPU_SETTINGS` (fewest passes deleted
     first) whose predictor builds, runs and matches the dygraph network within ``1e-4``, and oneDNN off; of those
-    two, the faster (median of ``repeat`` runs). Paddle 3.3.1 needs ``onednn_placement_pass`` deleted for any graph
+    two, the faster (median of ``repeat`` runs after the first, which checks the result). Paddle 3.3.1 needs ``onednn_placement_pass`` deleted for any graph
     with a ``*_interp`` op (Paddle#79749) and its fc fusions deleted for the Swin / ViTAE graphs (they mis-shape a
     3-D matmul); oneDNN's per-op cost makes graphs of many small elementwise ops (RSMamba's scan loop) slower
     than without it. The record lists what was tried, with the error or the time."""
