@@ -16,6 +16,7 @@ def run_stage(stage, name, out, **case_kw):
     from align.harness import StageLog
     case = get_case(name, **case_kw)
     log = StageLog(stage, name, out, checks=case.CHECKS)
+    log.run_settings = {"cpu_kernels": "on" if case.cpu_kernels else "off"}     # recorded in <stage>_strict.json
     getattr(case, stage)(log)
     return log.save(), log.notes, log.dir
 

@@ -275,7 +275,7 @@ class StageLog:
         self.paddle_log.save(ppath)
         self._reprod_report(tpath, ppath)
         with open(os.path.join(self.dir, f"{self.stage}_strict.json"), "w") as f:
-            json.dump({"environment": environment(), "notes": self.notes,
+            json.dump({"environment": {**environment(), **getattr(self, "run_settings", {})}, "notes": self.notes,
                        "results": [dataclasses.asdict(r) for r in self.results]},
                       f, indent=1, default=str)
         return self.results

@@ -153,8 +153,10 @@ def render(measured=None):
     envs = measured.get("environment", {})
     if envs:
         e = next(iter(envs.values()))
+        modes = sorted({v.get("cpu_kernels", "not recorded") for v in envs.values()})
         out += [f"Last run: Paddle {e.get('paddle')}, torch {e.get('torch')}, numpy {e.get('numpy')}, "
-                f"{e.get('device')}, {e.get('torch_threads')} threads, commit {e.get('git')}.", ""]
+                f"{e.get('device')}, {e.get('torch_threads')} threads, commit {e.get('git')}, CPU accelerator "
+                f"(`--cpu-kernels`): {', '.join(modes)}.", ""]
     for family, models in FAMILIES:
         out += [f"## {family}: {', '.join(f'`{m}`' for m in models)}", ""]
         checks = family_checks(family)
