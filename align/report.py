@@ -34,8 +34,9 @@ def family_checks(family):
     return importlib.import_module(f"align.cases.{family}").CHECKS
 
 
-def collect(out_dir, measured_path=MEASURED):
-    """Merge the ``*_strict.json`` results under ``out_dir`` into ``measured_path``; returns the merged dict."""
+def collect(out_dir, measured_path=MEASURED, cpu_kernels=None):
+    """Merge the ``*_strict.json`` results under ``out_dir`` into ``measured_path``; returns the merged dict.
+    ``cpu_kernels``: the accelerator mode of a run whose files predate its recording (``on`` / ``off``)."""
     data = load_measured(measured_path)
     found = 0
     for _, models in FAMILIES:
@@ -49,7 +50,10 @@ def collect(out_dir, measured_path=MEASURED):
                 data["results"].setdefault(model, {})[stage] = {
                     r["key"]: {k: r.get(k) for k in ("max_abs", "max_rel", "rel_max", "used", "status", "tol")}
                     for r in run["results"]}
-                data["environment"][f"{model}/{stage}"] = run["environment"]
+                env = dict(run["environment"])
+                if cpu_kernels and "cpu_kernels" not in env:
+                    env["cpu_kernels"] = cpu_kernels
+                data["environment"][f"{model}/{stage}"] = env
                 found += 1
     if not found:
         raise SystemExit(f"no *_strict.json under {out_dir}: run python align/0*_*.py first")
@@ -206,12 +210,14 @@ def main(argv=None):
     ap.add_argument("--collect", metavar="DIR", help="record the measurements of an align run's output directory")
     ap.add_argument("--check", action="store_true", help="exit 1 if docs/parity.md differs from the rendering")
     ap.add_argument("--rejudge", metavar="DIR", help="re-apply the declarations to DIR's saved arrays, then collect")
+    ap.add_argument("--cpu-kernels", dest="cpu_kernels", choices=("on", "off"), default=None,
+                    help="with --collect / --rejudge: the accelerator mode of runs whose files do not record it")
     args = ap.parse_args(argv)
     if args.rejudge:
         rejudge(args.rejudge)
-        collect(args.rejudge)
+        collect(args.rejudge, cpu_kernels=args.cpu_kernels)
     elif args.collect:
-        collect(args.collect)
+        collect(args.collect, cpu_kernels=args.cpu_kernels)
     text = render()
     if args.check:
         with open(DOC) as f:
