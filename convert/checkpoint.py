@@ -36,12 +36,29 @@ def _torch_globals():
 
 def _restricted_pickle_module(source, allow=()):
     """A ``pickle``-like module for ``torch.load(pickle_module=...)``: its ``Unpickler`` *and* its ``load`` (which
-    torch's legacy format uses for its header pickles) are restricted; errors name ``source``."""
+    torch's legacy format uses for its header pickles) are restricted; BUILD may fill tensors besides the data
+    types; a persistent id must name a ``storage`` (torch's legacy format also knows ``module`` records, whose
+    loading writes a source patch file); errors name ``source``."""
     extra = _torch_globals()
 
     class Unpickler(RestrictedUnpickler):
         def __init__(self, file, **kwargs):
-            super().__init__(file, source=source, extra=extra, allow=allow, **kwargs)
+            self._persistent = None
+            super().__init__(file, source=source, extra=extra, allow=allow,
+                             buildable=(torch.Tensor, torch.nn.Parameter), **kwargs)
+
+        @property
+        def persistent_load(self):
+            def checked(pid):
+                if self._persistent is None or not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+                    raise pickle.UnpicklingError(f"{source}: refused to load: a persistent record other than a "
+                                                 f"tensor storage ({str(pid)[:60]!r})")
+                return self._persistent(pid)
+            return checked
+
+        @persistent_load.setter
+        def persistent_load(self, fn):            # torch installs its storage loader here
+            self._persistent = fn
 
     mod = types.ModuleType("paddle_rs_restricted_pickle")
     mod.Unpickler = Unpickler
@@ -50,39 +67,54 @@ def _restricted_pickle_module(source, allow=()):
     return mod
 
 
-def _is_safetensors(path):
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+def _is_safetensors(head):
+    return len(head) >= 9 and head[8:9] == b"{"
 
 
 def load_torch_checkpoint(path, allow=()):
     """Load ``path`` (``.pth`` / ``.pt`` in any torch format, a plain pickle, or ``.safetensors``) on CPU without
-    executing pickled code; returns the raw object. ``allow``: further class names loaded as inert stand-ins."""
+    executing pickled code; returns the raw object. ``allow``: further class names loaded as inert stand-ins.
+
+    The file is read once into memory, so both attempts see the same bytes; a TorchScript archive (which torch
+    would hand to ``torch.jit.load``) is refused."""
+    import io
     import os
+    import zipfile
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist" if not os.path.exists(path) else
                               f"checkpoint {path!r} is not a file")
-    if _is_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    if _is_safetensors(data[:9]):
         try:
-            from safetensors.torch import load_file
-            return load_file(path)
+            from safetensors.torch import load as load_bytes
+            return load_bytes(data)
         except Exception as e:
             raise CheckpointError(f"{path!r} is not a readable .safetensors file ({type(e).__name__}: {e})") from e
+    if data[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path!r} is a damaged zip archive ({e})") from e
+        if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names):
+            raise CheckpointError(f"{path!r} is a TorchScript archive, not a checkpoint: save the model's "
+                                  "state_dict() with torch.save and convert that")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # holds non-allow-listed objects (mmengine meta): fall back to the restricted unpickler
-    except RuntimeError as e:
-        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({e})") from e
+    except Exception as e:
+        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=False,
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
                           pickle_module=_restricted_pickle_module(path, allow))
     except UnsafePickleError as e:
         raise CheckpointError(str(e)) from e
     except Exception as e:
-        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith(path) else
+                              f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
 
 
 def unwrap_state_dict(obj, source="checkpoint"):

@@ -326,3 +326,70 @@ def test_resume_cleans_what_an_interrupted_write_left(tmp_path):
     assert sorted(os.listdir(save)) == ["best_model", "iter_1", "latest"]
     assert ("restored", ".old_best_model_q1w2 -> best_model") in done and len(done) == 4
     assert os.path.isfile(save / "best_model" / "model.pdparams")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# attacks through the admitted globals themselves (found in review)
+# ----------------------------------------------------------------------------------------------------------
+def _binunicode(text):
+    import struct
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def test_object_arrays_cannot_forge_pointers():
+    """``numpy.ndarray((1,), dtype('O'), <8 bytes>)`` would read the bytes as a PyObject pointer: the name resolves
+    to a marker that cannot be called, object dtypes are refused, and so are arrays holding them."""
+    import struct
+    ptr = struct.pack("<Q", id(Ellipsis))
+    forged = (b"\x80\x03cnumpy\nndarray\nK\x01\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R"
+              b"C\x08" + ptr + b"\x87R.")
+    with pytest.raises(pickle.UnpicklingError, match="object"):
+        safe_loads(forged)
+    for obj in (np.array([None, 1], dtype=object), np.zeros(2, dtype=[("a", "O")])):
+        with pytest.raises(pickle.UnpicklingError):
+            safe_loads(pickle.dumps(obj, protocol=2))
+
+
+def test_build_cannot_modify_an_admitted_function_or_class():
+    """BUILD on a global (here the eval stand-in and OrderedDict) would change it for the whole process."""
+    import collections
+
+    from paddle_rs.utils import safe_pickle
+    for glob in (b"cbuiltins\neval\n", b"ccollections\nOrderedDict\n"):
+        data = b"\x80\x02" + glob + b"N}(" + _binunicode("__name__") + _binunicode("/tmp/x") + b"u\x86b."
+        with pytest.raises(pickle.UnpicklingError, match="sets the state of"):
+            safe_loads(data)
+    assert collections.OrderedDict.__name__ == "OrderedDict" and safe_pickle._paddle_dense_tensor.__name__ == \
+        "_paddle_dense_tensor"                                         # unchanged
+
+
+def test_legacy_torch_module_record_writes_nothing(tmp_path, monkeypatch):
+    """torch's legacy format knows ``('module', ...)`` persistent records, whose loading writes a source patch file
+    next to a path the record names: refused; and a TorchScript archive is refused before torch sees it."""
+    import torch
+
+    from convert.checkpoint import CheckpointError, load_torch_checkpoint
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "written_by_weights_file"
+    main = (b"\x80\x02ccollections\nOrderedDict\n)R"                   # a harmless object to reference
+            b"q\x000(" + _binunicode("module") + b"h\x00" + _binunicode("x.py") + _binunicode(f"# {target}\n")
+            + b"tQ.")
+    path = tmp_path / "evil_legacy.pth"
+    with open(path, "wb") as f:
+        pickle.dump(0x1950a86a20f9469cfc6c, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {}}, f, protocol=2)
+        f.write(main)
+        pickle.dump([], f, protocol=2)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*persistent record other than a tensor"):
+        load_torch_checkpoint(str(path))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("written") or p.suffix == ".patch"]
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(Net()), str(scripted))
+    with pytest.raises(CheckpointError, match="TorchScript archive"):
+        load_torch_checkpoint(str(scripted))

@@ -339,5 +339,6 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
         scaler.load_state_dict(state["scaler"])
     rng_file = os.path.join(path, "rng_state.pkl")
     if restore_rng and os.path.isfile(rng_file):
-        restore_rng_state(load_pickle_file(rng_file, extra=_rng_globals()))
+        extra = _rng_globals()
+        restore_rng_state(load_pickle_file(rng_file, extra=extra, buildable=tuple(extra.values())))
     return state

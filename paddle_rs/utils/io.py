@@ -48,9 +48,10 @@ def _check_file(path) -> str:
     return path
 
 
-def load_pickle_file(path, *, extra=None, allow=()):
+def load_pickle_file(path, *, extra=None, allow=(), buildable=()):
     """A pickled Paddle file (``.pdparams``, ``.pdopt``, ``rng_state.pkl``) read without running code from it:
-    containers, numpy arrays and scalars (plus ``extra`` globals) only; tensors come back as numpy arrays."""
+    containers, numeric numpy arrays and scalars (plus ``extra`` globals, whose instances of ``buildable`` types may
+    take their pickled state) only; tensors come back as numpy arrays."""
     from .safe_pickle import UnsafePickleError, safe_load
     path = _check_file(path)
     kind = _sniff(path)
@@ -61,12 +62,30 @@ def load_pickle_file(path, *, extra=None, allow=()):
         raise WeightsFileError(f"{path} is not a Paddle weights file (.pdparams / .pdopt pickle, or .safetensors); "
                                f"it starts with {_head_repr(path)}")
     try:
-        obj = safe_load(path, extra=extra, allow=allow)
+        obj = _unpack_paddle_pickle(safe_load(path, extra=extra, allow=allow, buildable=buildable))
+        _check_numeric(obj, path)
     except UnsafePickleError as e:            # names the file and the class
         raise WeightsFileError(str(e)) from e
-    except Exception as e:                    # truncated / corrupt
-        raise WeightsFileError(f"{path} is damaged or not a Paddle pickle ({type(e).__name__}: {e})") from e
-    return _unpack_paddle_pickle(obj)
+    except Exception as e:                    # truncated / corrupt / refused records
+        msg = str(e)
+        raise WeightsFileError(msg if msg.startswith(path) else
+                               f"{path} is damaged or not a Paddle pickle ({type(e).__name__}: {e})") from e
+    return obj
+
+
+def _check_numeric(obj, path, depth=0):
+    """Arrays in a weights file hold numbers: object or string dtypes (pointers) are refused."""
+    if depth > 64:
+        raise ValueError(f"{path}: containers nested more than 64 deep")
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject or obj.dtype.kind == "T":
+            raise ValueError(f"{path}: refused to load: an array of dtype {obj.dtype} (objects by pointer)")
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _check_numeric(v, path, depth + 1)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            _check_numeric(v, path, depth + 1)
 
 
 def _unpack_paddle_pickle(obj):

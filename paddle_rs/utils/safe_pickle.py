@@ -56,9 +56,10 @@ class Opaque:
     """Stand-in for a pickled object of an allow-listed framework class: keeps its data, runs nothing."""
 
     qualname = "?"
+    args, kwargs, state = (), {}, None       # (objects built by NEWOBJ never run __init__)
 
     def __init__(self, *args, **kwargs):
-        self.args, self.kwargs, self.state = args, kwargs, None
+        self.args, self.kwargs = args, kwargs
 
     def __setstate__(self, state):
         self.state = state
@@ -77,6 +78,22 @@ def _stand_in(qualname):
     return cls
 
 
+class _NdarrayMarker:
+    """What the name ``numpy.ndarray`` resolves to: it can only be handed to ``_reconstruct``. The real class would
+    be callable as ``ndarray(shape, dtype('O'), buffer)``, which reads raw bytes of the file as object pointers."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("the file calls numpy.ndarray directly (only numpy's own array record, "
+                                     "_reconstruct + state, is admitted)")
+
+
+def _checked_dtype(dt):
+    if dt.hasobject or dt.kind == "T":
+        raise pickle.UnpicklingError(f"the file holds a numpy {dt} array (Python objects or strings by pointer); "
+                                     "weights are numeric arrays")
+    return dt
+
+
 def _data_globals():
     import codecs
 
@@ -85,17 +102,29 @@ def _data_globals():
         from numpy._core import multiarray as ma
     except ImportError:      # numpy < 2
         from numpy.core import multiarray as ma
+
+    def reconstruct(subtype, shape, dtype_code):
+        if subtype is not _NdarrayMarker:
+            raise pickle.UnpicklingError("numpy array record of another class than ndarray")
+        return ma._reconstruct(np.ndarray, shape, dtype_code)
+
+    def dtype(*args):
+        return _checked_dtype(np.dtype(*args))
+
+    def scalar(dt, *args):
+        return ma.scalar(_checked_dtype(dt), *args)
+
     out = {
         "builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.set": set,
         "builtins.frozenset": frozenset, "builtins.bytearray": bytearray, "builtins.bytes": bytes,
         "builtins.complex": complex, "builtins.slice": slice, "builtins.range": range,
         "collections.OrderedDict": collections.OrderedDict,
         "_codecs.encode": codecs.encode,               # bytes in protocol-2 pickles (numpy array payloads)
-        "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype,
+        "numpy.ndarray": _NdarrayMarker, "numpy.dtype": dtype,
     }
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[f"{mod}._reconstruct"] = ma._reconstruct
-        out[f"{mod}.scalar"] = ma.scalar
+        out[f"{mod}._reconstruct"] = reconstruct
+        out[f"{mod}.scalar"] = scalar
     # Paddle's DenseTensor pickles as (eval, ('data', {'data': array})): only that exact form is admitted
     out["builtins.eval"] = _paddle_dense_tensor
     return out
@@ -112,24 +141,26 @@ def _paddle_dense_tensor(expr, env=None, *rest):
 DATA_GLOBALS = None      # filled on first use (numpy is imported lazily)
 
 
-def _numpy_dtype_class(module, name):
-    """numpy 2's per-dtype classes (``numpy.dtypes.Float32DType``) that some dtype pickles name."""
-    if module == "numpy.dtypes" and name.endswith("DType"):
-        import numpy.dtypes
-        cls = getattr(numpy.dtypes, name, None)
-        import numpy as np
-        if isinstance(cls, type) and issubclass(cls, np.dtype):
-            return cls
-    return None
+def _buildable():
+    """Types whose instances BUILD (``__setstate__`` / ``__dict__`` update) may fill: numpy arrays and dtypes (their
+    own state records), ordered dicts and the stand-ins. BUILD on anything else -- an allow-listed function or
+    class itself -- would change it for the whole process, so it is refused."""
+    import numpy as np
+    return (Opaque, np.ndarray, np.dtype, collections.OrderedDict)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only data globals, ``extra`` ones and stand-ins (see the module doc).
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that resolves only data globals, ``extra`` ones and stand-ins (see the module doc).
 
-    ``source`` names the file in errors; ``extra``: ``{"module.name": object}`` admitted for this file kind;
-    ``allow``: further qualified class names loaded as stand-ins."""
+    It is Python's own unpickler (``pickle._Unpickler``, opcode for opcode) with three restrictions: ``find_class``
+    (the allow-lists), ``BUILD`` (only on instances of the types of :func:`_buildable` plus ``buildable``), and no
+    persistent ids unless a caller installs a ``persistent_load``. ``source`` names the file in errors; ``extra``:
+    ``{"module.name": object}`` admitted for this file kind; ``allow``: further qualified class names loaded as
+    stand-ins."""
 
-    def __init__(self, file, *, source="<pickle>", extra=None, allow=(), **kwargs):
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, *, source="<pickle>", extra=None, allow=(), buildable=(), **kwargs):
         super().__init__(file, **kwargs)
         global DATA_GLOBALS
         if DATA_GLOBALS is None:
@@ -137,6 +168,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.source = source
         self.extra = dict(extra or {})
         self.stand_ins = STAND_INS | frozenset(allow)
+        self.buildable = _buildable() + tuple(buildable)
+
+    def load_build(self):
+        inst = self.stack[-2]          # [..., inst, state]
+        if isinstance(inst, type) or not isinstance(inst, self.buildable):
+            raise pickle.UnpicklingError(f"{self.source}: refused to load: the file sets the state of "
+                                         f"{getattr(inst, '__qualname__', type(inst).__qualname__)!r}, which is "
+                                         "not a data record")
+        super().load_build()
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         # Python 2 names in protocol 0-2 pickles (__builtin__.tuple, copy_reg, ...), as pickle itself maps them
@@ -148,20 +189,19 @@ class RestrictedUnpickler(pickle.Unpickler):
             return self.extra[qualname]
         if qualname in DATA_GLOBALS:
             return DATA_GLOBALS[qualname]
-        cls = _numpy_dtype_class(module, name)
-        if cls is not None:
-            return cls
         if qualname in self.stand_ins:
             return _stand_in(qualname)
         raise UnsafePickleError(self.source, qualname)
 
 
-def safe_load(path, *, extra=None, allow=(), encoding="latin1"):
+def safe_load(path, *, extra=None, allow=(), buildable=(), encoding="latin1"):
     """Unpickle the file at ``path`` with :class:`RestrictedUnpickler`; errors name ``path``."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        return RestrictedUnpickler(f, source=path, extra=extra, allow=allow, encoding=encoding).load()
+        return RestrictedUnpickler(f, source=path, extra=extra, allow=allow, buildable=buildable,
+                                   encoding=encoding).load()
 
 
-def safe_loads(data: bytes, *, source="<bytes>", extra=None, allow=(), encoding="latin1"):
-    return RestrictedUnpickler(io.BytesIO(data), source=source, extra=extra, allow=allow, encoding=encoding).load()
+def safe_loads(data: bytes, *, source="<bytes>", extra=None, allow=(), buildable=(), encoding="latin1"):
+    return RestrictedUnpickler(io.BytesIO(data), source=source, extra=extra, allow=allow, buildable=buildable,
+                               encoding=encoding).load()
