@@ -412,8 +412,9 @@ def _choose_predictor_settings(net: nn.Layer, program_dir, info: Dict, verbose: 
     first) whose predictor builds, runs and matches the dygraph network within ``1e-4``, and oneDNN off; of those
     two, the faster (median of ``repeat`` runs after the first, which checks the result). Paddle 3.3.1 needs ``onednn_placement_pass`` deleted for any graph
     with a ``*_interp`` op (Paddle#79749) and its fc fusions deleted for the Swin / ViTAE graphs (they mis-shape a
-    3-D matmul); oneDNN's per-op cost makes graphs of many small elementwise ops (RSMamba's scan loop) slower
-    than without it. The record lists what was tried, with the error or the time."""
+    3-D matmul). oneDNN is not always the faster: on graphs of many small elementwise ops (RSMamba's scan loop)
+    the two are about equal on an idle machine, and oneDNN falls several times behind when other work shares the
+    cores. The record lists what was tried, with the error or the time."""
     import numpy as np
     from ..utils.runtime import captured_native_output
     from .predictor import CPU_SETTINGS, run_program, sample_input

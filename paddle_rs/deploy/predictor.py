@@ -9,9 +9,9 @@
   input): oneDNN on, with the IR passes deleted that break the graph on Paddle 3.3.1 -- ``onednn_placement_pass``
   for any graph with a ``*_interp`` op (``ConvertPirAttribute2RuntimeAttribute not support
   ArrayAttribute<DoubleAttribute>``, Paddle#79749) and the fc fusions for Swin / ViTAE (they mis-shape a 3-D
-  matmul) -- or oneDNN off, which wins where a graph is mostly small elementwise ops (RSMamba's selective-scan
-  loop: oneDNN's per-op cost makes it ~2.5x slower there). ``True`` / ``False`` force oneDNN on (with the recorded
-  deletions) / off.
+  matmul) -- or oneDNN off, which can win for graphs of many small elementwise ops such as RSMamba's
+  selective-scan loop (about equal on an idle machine, several times faster when other work shares the cores).
+  ``True`` / ``False`` force oneDNN on (with the recorded deletions) / off.
   ``enable_memory_optim`` is declined for PIR programs (Paddle#75496); legacy programs allow it;
 - custom ops (``model.yml`` ``_Attributes.custom_ops``) are registered before the program loads: the fused
   selective scan (``rs_selective_scan_fwd``, RSMamba) and the oneDNN convolution (``rs_conv2d_fwd``, which exports
