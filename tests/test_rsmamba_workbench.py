@@ -279,6 +279,19 @@ def _fake_mmengine_checkpoint(path, sentinel, img_size, trap=False, legacy=False
     return tm.state_dict()
 
 
+def _torch2paddle_main(argv):
+    """convert/torch2paddle.py's main(argv), in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_t2p", os.path.join(ROOT, "convert", "torch2paddle.py"))
+    sys.path.insert(0, os.path.join(ROOT, "convert"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.main(argv)
+    finally:
+        sys.path.remove(os.path.join(ROOT, "convert"))
+
+
 def _check_converted(dst, plain, img_size):
     from convert.api import build_pair
     from convert.rules import torch_to_paddle
@@ -312,17 +325,9 @@ def test_torch2paddle_cli_on_mmengine_checkpoint(tmp_path, capsys):
     raw = load_torch_checkpoint(str(src))
     assert sentinel.exists() and "mmengine" not in sys.modules
     assert type(raw["message_hub"]["log_scalars"]["train/lr"]).__name__ == "HistoryBuffer"
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("_t2p", os.path.join(ROOT, "convert", "torch2paddle.py"))
-    sys.path.insert(0, os.path.join(ROOT, "convert"))
-    try:
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        dst = tmp_path / "rsmamba_uc_b.pdparams"
-        rc = mod.main(["--model", "rsmamba_b", "--opt", "num_classes=21", "--opt", "img_size=64", "--src", str(src),
-                       "--dst", str(dst), "--verify"])
-    finally:
-        sys.path.remove(os.path.join(ROOT, "convert"))
+    dst = tmp_path / "rsmamba_uc_b.pdparams"
+    rc = _torch2paddle_main(["--model", "rsmamba_b", "--opt", "num_classes=21", "--opt", "img_size=64", "--src",
+                             str(src), "--dst", str(dst), "--verify"])
     out = capsys.readouterr().out
     assert rc == 0 and sentinel.exists() and "mmengine" not in sys.modules
     assert "output [1, 21]" in out and _verify_diff(out) < 1e-4
@@ -336,17 +341,9 @@ def test_torch2paddle_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys,
     src, sentinel = tmp_path / "rsmamba_uc_b.pth", tmp_path / "sentinel"
     sentinel.write_text("x")
     _fake_mmengine_checkpoint(src, sentinel, img_size=32, trap=True, legacy=legacy)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("_t2p", os.path.join(ROOT, "convert", "torch2paddle.py"))
-    sys.path.insert(0, os.path.join(ROOT, "convert"))
-    try:
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        dst = tmp_path / "out.pdparams"
-        rc = mod.main(["--model", "rsmamba_b", "--opt", "num_classes=21", "--opt", "img_size=32", "--src", str(src),
-                       "--dst", str(dst)])
-    finally:
-        sys.path.remove(os.path.join(ROOT, "convert"))
+    dst = tmp_path / "out.pdparams"
+    rc = _torch2paddle_main(["--model", "rsmamba_b", "--opt", "num_classes=21", "--opt", "img_size=32", "--src",
+                             str(src), "--dst", str(dst)])
     err = capsys.readouterr().err
     assert rc == 1 and sentinel.exists() and not dst.exists()
     assert str(src) in err and "posix.remove" in err and "refused" in err
